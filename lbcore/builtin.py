@@ -1,0 +1,72 @@
+"""Built-in components, registered through the same hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lbcore.hookspecs import Register, hookimpl
+
+
+def heatmap_cosine() -> Any:
+    """Eq. 1: sum over landmarks of the cosine similarity of clean and adversarial heat-maps."""
+    from lbcore.losses import HeatmapCosineLoss
+
+    return HeatmapCosineLoss()
+
+
+def landmark_displacement(temperature: float = 0.05) -> Any:
+    """Minus the mean landmark displacement in pixels (for regression extractors too)."""
+    from lbcore.losses import LandmarkDisplacementLoss
+
+    return LandmarkDisplacementLoss(temperature=temperature)
+
+
+def fgsm() -> Any:
+    """Base1: FGSM, a single signed-gradient step of size epsilon."""
+    from lbcore.optimizers import FGSM
+
+    return FGSM()
+
+
+def ifgsm(alpha: float = 1.0) -> Any:
+    """Base2: I-FGSM, signed-gradient steps of size alpha."""
+    from lbcore.optimizers import IterativeFGSM
+
+    return IterativeFGSM(alpha=alpha)
+
+
+def mifgsm(alpha: float = 1.0, decay: float = 0.5) -> Any:
+    """LB: MI-FGSM (Eq. 2), L1-normalised gradient with momentum decay."""
+    from lbcore.optimizers import MomentumIterativeFGSM
+
+    return MomentumIterativeFGSM(alpha=alpha, decay=decay)
+
+
+def haar(min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5,
+         cascade: Literal["default", "alt", "alt2"] = "default") -> Any:
+    """OpenCV Haar-cascade frontal face detector (offline, ships with OpenCV)."""
+    from lbcore.detectors import HaarDetector
+
+    name = {"default": "haarcascade_frontalface_default.xml",
+            "alt": "haarcascade_frontalface_alt.xml",
+            "alt2": "haarcascade_frontalface_alt2.xml"}[cascade]
+    return HaarDetector(min_size=min_size, scale_factor=scale_factor,
+                        min_neighbors=min_neighbors, cascade=name)
+
+
+@hookimpl
+def register_losses(register: Register) -> None:
+    register("heatmap-cosine", heatmap_cosine)
+    register("landmark-displacement", landmark_displacement)
+
+
+@hookimpl
+def register_optimizers(register: Register) -> None:
+    register("fgsm", fgsm)
+    register("ifgsm", ifgsm)
+    register("mifgsm", mifgsm)
+
+
+@hookimpl
+def register_detectors(register: Register) -> None:
+    register("haar", haar)

@@ -1,0 +1,252 @@
+"""The attack engine: Algorithm 1 of the paper, batched, for one or several extractors.
+
+One engine serves every variant: the update rule (FGSM / I-FGSM / MI-FGSM) is a component,
+input diversity (LBtrans) and mixing (LBmix) are options, and differentiable degradations can
+be placed between the image and the extractors with expectation over transformation (EOT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from lbcore.errors import SpecError
+from lbcore.extractor import Extractor
+from lbcore.optimizers import IterativeFGSM, UpdateRule
+from lbcore.types import Faces
+
+__all__ = ["AttackConfig", "AttackResult", "PRESETS", "preset", "attack", "resolve_device"]
+
+
+@attrs.define
+class AttackConfig:
+    """Everything that defines an attack run (paper settings by default).
+
+    Attributes:
+        loss: loss spec (``heatmap-cosine`` is Eq. 1).
+        optimizer: update-rule spec (``mifgsm:alpha=1,decay=0.5`` is Eq. 2).
+        eps: L-infinity budget on the 0..255 scale.
+        steps: maximum iterations T.
+        projection: ``ball`` projects onto the epsilon-ball each step; ``stop`` is the paper's
+            literal rule of Algorithm 1 (stop an image when the next step would leave the ball).
+        diversity_prob: LBtrans - probability of a random resize + zero pad at each step.
+        diversity_min_scale: smallest resize factor for LBtrans.
+        mix: LBmix - alternate I-FGSM (odd steps) and the update rule (even steps).
+        eot: degradation specs applied (differentiably) before the extractors, one drawn per step.
+        eot_samples: gradient samples averaged per step when ``eot`` is set.
+        seed: seeds every random draw of the run.
+    """
+
+    loss: str = "heatmap-cosine"
+    optimizer: str = "mifgsm:alpha=1,decay=0.5"
+    eps: float = 15.0
+    steps: int = 20
+    projection: str = "ball"
+    diversity_prob: float = 0.0
+    diversity_min_scale: float = 0.85
+    mix: bool = False
+    eot: tuple[str, ...] = ()
+    eot_samples: int = 1
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "base1": {"optimizer": "fgsm", "steps": 1},
+    "base2": {"optimizer": "ifgsm:alpha=1"},
+    "lb": {"optimizer": "mifgsm:alpha=1,decay=0.5"},
+    "lbtrans": {"optimizer": "mifgsm:alpha=1,decay=0.5", "diversity_prob": 1.0},
+    "lbmix": {"optimizer": "mifgsm:alpha=1,decay=0.5", "mix": True},
+}
+PRESET_SUMMARIES = {
+    "base1": "Base1: FGSM, one step of size epsilon",
+    "base2": "Base2: I-FGSM, T=20 steps of alpha=1",
+    "lb": "Landmark Breaker: MI-FGSM on Eq. 1 (eps=15, T=20, alpha=1, decay=0.5)",
+    "lbtrans": "LB with random resize and zero padding each step (transfer)",
+    "lbmix": "LB alternating I-FGSM and MI-FGSM steps (transfer)",
+}
+
+
+def preset(name: str, **overrides: Any) -> AttackConfig:
+    """An :class:`AttackConfig` from a preset name, with overrides (``eps``, ``steps``, ...)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown attack preset {name!r} (valid: {', '.join(PRESETS)})")
+    fields = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return AttackConfig(**fields)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; anything else as given (checked)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise SpecError(f"bad device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+@attrs.define
+class AttackResult:
+    """Adversarial images (8-bit values as float ``[0, 255]``) and per-image figures."""
+
+    adversarial: torch.Tensor
+    clean_loss: torch.Tensor
+    final_loss: torch.Tensor
+    linf: torch.Tensor
+    steps_taken: torch.Tensor
+    loss_history: list[list[float]] = attrs.field(factory=list)
+
+
+def _per_image(values: torch.Tensor, image_index: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.float32, device=values.device)
+    return out.index_add(0, image_index.to(values.device), values.float())
+
+
+def _diversity(
+    x: torch.Tensor, faces: Faces, min_scale: float, gen: torch.Generator
+) -> tuple[torch.Tensor, Faces]:
+    """LBtrans input diversity: resize the whole batch by a random factor, zero-pad back."""
+    _, _, h, w = x.shape
+    r = min_scale + (1.0 - min_scale) * float(torch.rand((), generator=gen))
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    small = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    top = int(torch.randint(0, h - nh + 1, (), generator=gen))
+    left = int(torch.randint(0, w - nw + 1, (), generator=gen))
+    out = F.pad(small, (left, w - nw - left, top, h - nh - top))
+    sx, sy = nw / w, nh / h
+    b = faces.boxes
+    boxes = torch.stack(
+        [(b[:, 0] + 0.5) * sx - 0.5 + left, (b[:, 1] + 0.5) * sy - 0.5 + top,
+         (b[:, 2] + 0.5) * sx - 0.5 + left, (b[:, 3] + 0.5) * sy - 0.5 + top],
+        dim=1,
+    )
+    return out, Faces(boxes, faces.image_index)
+
+
+def attack(
+    images: torch.Tensor,
+    faces: Faces,
+    extractors: Extractor | Sequence[Extractor],
+    config: AttackConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    plugin_manager: Any = None,
+    init: torch.Tensor | None = None,
+) -> AttackResult:
+    """Run Algorithm 1 on a batch of same-sized images against one or more extractors.
+
+    Args:
+        images: ``(B, 3, H, W)`` float ``[0, 255]`` clean images.
+        faces: boxes of every face to protect (several per image allowed).
+        extractors: one extractor or a list (ensemble: their losses are summed).
+        config: the attack; default the paper's LB preset.
+        device: where to run (never inferred from a model).
+        init: optional starting adversarial image (e.g. the previous video frame's
+            perturbation added to this frame); projected into the budget first.
+
+    Returns:
+        :class:`AttackResult`; ``adversarial`` holds integer values in ``[0, 255]`` within
+        ``eps`` of ``images`` after rounding.
+    """
+    from lbcore.plugins import get_plugin_manager
+
+    config = config or AttackConfig()
+    pm = plugin_manager or get_plugin_manager()
+    dev = resolve_device(device)
+    exts = [extractors] if isinstance(extractors, Extractor) else list(extractors)
+    if not exts:
+        raise SpecError("attack needs at least one extractor")
+    loss_fn = pm.build("losses", config.loss)
+    rule: UpdateRule = pm.build("optimizers", config.optimizer)
+    mix_rule = IterativeFGSM(alpha=getattr(rule, "alpha", 1.0)) if config.mix else None
+    eot = [pm.build("degradations", s) for s in config.eot]
+    for e in eot:
+        if not getattr(e, "differentiable", False):
+            raise SpecError(f"degradation {type(e).__name__} is not differentiable; cannot attack through it")
+
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(config.seed))
+    torch.manual_seed(int(config.seed))
+
+    x = images.to(dev, torch.float32)
+    faces = faces.to(dev)
+    n_img = x.shape[0]
+    for e in exts:
+        e.to(dev).eval()
+        for p in e.parameters():
+            p.requires_grad_(False)
+
+    with torch.no_grad():
+        clean = [e(x, faces) for e in exts]
+        clean_loss = sum(_per_image(loss_fn(c, c), faces.image_index, n_img) for c in clean)
+
+    eps = float(config.eps)
+    lo = (x - eps).clamp(0, 255)
+    hi = (x + eps).clamp(0, 255)
+    x_adv = x.clone() if init is None else torch.min(torch.max(init.to(dev, torch.float32), lo), hi)
+    state = rule.init_state(x_adv)
+    mix_state = mix_rule.init_state(x_adv) if mix_rule else {}
+    active = torch.ones(n_img, dtype=torch.bool, device=dev)
+    steps_taken = torch.zeros(n_img, dtype=torch.long, device=dev)
+    steps = config.steps if rule.max_steps is None else min(config.steps, rule.max_steps)
+    history: list[list[float]] = []
+
+    for t in range(steps):
+        if not bool(active.any()):
+            break
+        grad = torch.zeros_like(x_adv)
+        total = torch.zeros(n_img, device=dev)
+        for _ in range(max(1, config.eot_samples if eot else 1)):
+            xi = x_adv.detach().requires_grad_(True)
+            inp, fcs = xi, faces
+            for d in eot:
+                inp = d(inp)
+            if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
+                inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
+            per_face = sum(loss_fn(c, e(inp, fcs)) for c, e in zip(clean, exts, strict=True))
+            assert isinstance(per_face, torch.Tensor)
+            (g,) = torch.autograd.grad(per_face.sum(), xi)
+            grad += g
+            total += _per_image(per_face.detach(), faces.image_index, n_img)
+        history.append(total.tolist())
+        use_mix = mix_rule is not None and t % 2 == 1
+        with torch.no_grad():
+            if use_mix:
+                assert mix_rule is not None
+                cand = mix_rule.step(x_adv, grad, mix_state, eps)
+            else:
+                cand = rule.step(x_adv, grad, state, eps)
+            cand = cand.clamp(0, 255)
+            if config.projection == "stop":
+                over = (cand - x).abs().flatten(1).amax(1) > eps + 1e-4
+                active = active & ~over
+            else:
+                cand = torch.min(torch.max(cand, lo), hi)
+            mask = active.view(-1, 1, 1, 1)
+            x_adv = torch.where(mask, cand, x_adv)
+            steps_taken += active.long()
+
+    with torch.no_grad():
+        # 8-bit output: round, then re-check the budget after rounding.
+        x_adv = x_adv.round()
+        x_adv = torch.min(torch.max(x_adv, torch.ceil(x - eps - 1e-6)), torch.floor(x + eps + 1e-6))
+        x_adv = x_adv.clamp(0, 255)
+        final = sum(_per_image(loss_fn(c, e(x_adv, faces)), faces.image_index, n_img) for c, e in zip(clean, exts, strict=True))
+        linf = (x_adv - x).abs().flatten(1).amax(1)
+    assert isinstance(final, torch.Tensor) and isinstance(clean_loss, torch.Tensor)
+    return AttackResult(x_adv, clean_loss, final, linf, steps_taken, history)
+
+
+def budget_ok(clean: torch.Tensor, adv: torch.Tensor, eps: float) -> bool:
+    """True when ``adv`` is within ``eps`` of ``clean`` in L-infinity and inside ``[0, 255]``."""
+    return bool(((adv - clean).abs().max() <= eps + 1e-4) and adv.min() >= 0 and adv.max() <= 255 and math.isfinite(float(adv.sum())))

@@ -1,0 +1,224 @@
+"""Finding, verifying and safely loading checkpoints.
+
+Lookup order for a network's weights: an explicit path (``--weights NAME=PATH`` or
+``weights=PATH`` in the spec), then ``$LB_WEIGHTS_DIR/<filename>``, then the user cache folder
+(``$XDG_CACHE_HOME/landmark-breaker/weights`` or ``~/.cache/landmark-breaker/weights``).
+
+Loading never executes code from a file: safetensors files are read as tensors,
+everything else goes through ``torch.load(weights_only=True)``, optionally with an allow-list
+of inert stand-in classes for legacy pickles that hold harmless objects (see
+:func:`load_checkpoint`). Anything else in a pickle is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lbcore.errors import WeightsError
+
+__all__ = [
+    "WeightsFile",
+    "cache_dir",
+    "resolve_weights",
+    "load_checkpoint",
+    "extract_state_dict",
+    "load_state_dict_strict",
+    "sha256sum",
+    "register_explicit_weights",
+]
+
+
+@attrs.frozen
+class WeightsFile:
+    """A known checkpoint file (published or the project's own)."""
+
+    name: str
+    filename: str
+    fits: str
+    url: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    licence: str = "unknown"
+    note: str = ""
+    bundled: str | None = None  # path of a file shipped inside a package
+
+
+_explicit: dict[str, str] = {}
+
+
+def register_explicit_weights(mapping: Mapping[str, str]) -> None:
+    """Remember ``--weights NAME=PATH`` pairs for this process."""
+    _explicit.update(mapping)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "landmark-breaker" / "weights"
+
+
+def _search_paths(entry: WeightsFile) -> list[Path]:
+    paths = []
+    env = os.environ.get("LB_WEIGHTS_DIR")
+    if env:
+        paths.append(Path(env) / entry.filename)
+    paths.append(cache_dir() / entry.filename)
+    if entry.bundled:
+        paths.append(Path(entry.bundled))
+    return paths
+
+
+def resolve_weights(entry: WeightsFile, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return the path of ``entry``'s file, or raise a one-line error saying where to get it."""
+    explicit = explicit or _explicit.get(entry.name)
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"{p}: weights file not found (given for {entry.name})")
+        return p
+    for p in _search_paths(entry):
+        if p.is_file():
+            return p
+    where = f"published at {entry.url}" if entry.url else (entry.note or "not downloadable")
+    raise WeightsError(
+        f"weights {entry.name!r} ({entry.filename}) not found; {where}; put it in "
+        f"$LB_WEIGHTS_DIR or {cache_dir()}, or pass --weights {entry.name}=PATH"
+    )
+
+
+def sha256sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)") from None
+    try:
+        return dict(load_file(str(path)))
+    except Exception as err:
+        raise WeightsError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    allow: Mapping[str, type] | None = None,
+    max_bytes: int = 4 << 30,
+) -> Any:
+    """Load a checkpoint without executing code from it.
+
+    Args:
+        path: a ``.safetensors`` file, or a PyTorch file (zip or legacy format).
+        allow: extra globals the pickle may name, as ``{"module.Name": stand_in_class}``;
+            each stand-in must be an inert class (no behaviour beyond holding attributes).
+        max_bytes: refuse files larger than this (a zip bomb guard; uncompressed sizes of
+            zip members are checked too).
+
+    Raises:
+        WeightsError: missing, truncated, oversized or unsafe file (one line, names the file).
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: weights file not found")
+    size = p.stat().st_size
+    if size == 0:
+        raise WeightsError(f"{p}: empty file")
+    if size > max_bytes:
+        raise WeightsError(f"{p}: {size} bytes is larger than the {max_bytes}-byte limit")
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p)
+    _check_zip(p, max_bytes)
+    safe: list[Any] = []
+    for qualname, cls in (allow or {}).items():
+        safe.append((cls, qualname))
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = str(err).strip().splitlines()
+        reason = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else type(err).__name__)
+        raise WeightsError(f"{p}: refused or unreadable checkpoint ({reason.strip()[:300]})") from None
+
+
+def _check_zip(p: Path, max_bytes: int) -> None:
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        return
+    try:
+        with zipfile.ZipFile(p) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except zipfile.BadZipFile as err:
+        raise WeightsError(f"{p}: corrupt zip checkpoint ({err})") from None
+    if total > max_bytes:
+        raise WeightsError(f"{p}: unpacks to {total} bytes, over the {max_bytes}-byte limit (zip bomb?)")
+
+
+def extract_state_dict(obj: Any, path: str | os.PathLike[str] = "<checkpoint>") -> dict[str, Any]:
+    """Unwrap ``{'state_dict': ...}`` training checkpoints and strip DataParallel ``module.``."""
+    import torch
+
+    sd = obj
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise WeightsError(f"{path}: does not hold a state dict")
+    out: dict[str, Any] = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: entry {k!r} is not a tensor")
+        out[k[7:] if k.startswith("module.") else k] = v
+    return out
+
+
+def load_state_dict_strict(module: Any, state_dict: Mapping[str, Any], path: str | os.PathLike[str] = "<checkpoint>") -> dict[str, Any]:
+    """Load strictly; on mismatch raise one line with the exact missing/unexpected/misshaped keys.
+
+    ``num_batches_tracked`` may be absent (checkpoints older than PyTorch 0.4.1). NaN or
+    infinite values are refused. Returns a small report (matched keys, parameter count).
+    """
+    import torch
+
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:4])}{' ...' if len(shapes) > 4 else ''}")
+        raise WeightsError(f"{path}: does not fit {type(module).__name__}: " + " | ".join(parts))
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(bad)} tensors, e.g. {bad[0]}")
+    full = dict(state_dict)
+    for k in own:
+        if k not in full:
+            full[k] = own[k]
+    module.load_state_dict(full, strict=True)
+    n_params = sum(int(p.numel()) for p in module.parameters())
+    return {"matched": len(state_dict), "parameters": n_params, "missing_filled": [k for k in own if k not in state_dict]}
