@@ -202,6 +202,18 @@ class PluginManager:
         params.update(overrides)
         return comp.factory(**params)
 
+    def build_degradation(self, spec: str) -> Any:
+        """Build a degradation or a chain written ``a+b+c`` (``none`` is the identity)."""
+        from lbcore.degradation import Chain
+
+        parts = [p.strip() for p in spec.split("+") if p.strip()]
+        if not parts:
+            raise SpecError(f"empty degradation spec {spec!r}")
+        if parts == ["none"]:
+            return Chain([])
+        stages = [self.build("degradations", p) for p in parts]
+        return stages[0] if len(stages) == 1 else Chain(stages)
+
     def plugin_report(self) -> list[dict[str, Any]]:
         """``lb plugins --json``: each distribution, its version and its components."""
         self._ensure()
