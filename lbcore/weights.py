@@ -222,3 +222,60 @@ def load_state_dict_strict(module: Any, state_dict: Mapping[str, Any], path: str
     module.load_state_dict(full, strict=True)
     n_params = sum(int(p.numel()) for p in module.parameters())
     return {"matched": len(state_dict), "parameters": n_params, "missing_filled": [k for k in own if k not in state_dict]}
+
+
+def download(entry: WeightsFile, dest_dir: str | os.PathLike[str], *, progress: bool = True,
+             timeout: float = 30.0) -> Path:
+    """Fetch ``entry.url`` into ``dest_dir``: resumes a ``.part`` file with an HTTP Range
+    request, shows a progress bar, verifies size and sha256, then renames into place."""
+    import urllib.error
+    import urllib.request
+
+    if not entry.url or not entry.url.startswith(("http://", "https://")):
+        raise WeightsError(f"weights {entry.name!r} have no direct download URL; {entry.note or 'get the file by hand'}")
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    final = dest / entry.filename
+    part = dest / (entry.filename + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(entry.url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # already complete
+            resp = None
+        else:
+            raise WeightsError(f"{entry.url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise WeightsError(f"{entry.url}: cannot download ({err})") from None
+    if resp is not None:
+        with resp:
+            if have and resp.status != 206:
+                have = 0  # server ignored the range: start again
+            total = resp.headers.get("Content-Length")
+            total_n = int(total) + have if total is not None else entry.size
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total_n, initial=have, unit="B", unit_scale=True, desc=entry.filename)
+            with open(part, "ab" if have else "wb") as f:
+                while True:
+                    chunk = resp.read(1 << 16)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+    size = part.stat().st_size
+    if entry.size is not None and size != entry.size:
+        raise WeightsError(f"{part}: {size} bytes downloaded, expected {entry.size}; run again to resume")
+    if entry.sha256:
+        digest = sha256sum(part)
+        if digest != entry.sha256:
+            part.unlink()
+            raise WeightsError(f"{entry.url}: sha256 {digest} does not match the expected {entry.sha256}; file removed")
+    os.replace(part, final)
+    return final
