@@ -45,13 +45,21 @@ def plugins_cmd(as_json: bool) -> None:
         for kind, names in d["components"].items():
             if names:
                 click.echo(f"  {kind}: {', '.join(names)}")
-    for dist, msg in pm.failures:
+    for _dist, msg in pm.failures:
         click.echo(f"  ! {msg}", err=True)
 
 
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Plugin and user-facing warnings as one clean line on stderr."""
+    click.echo(f"lb: warning: {message}", err=True)
+
+
 def _install_commands(group: click.Group) -> None:
+    import warnings
+
     from lbcore import commands
 
+    warnings.showwarning = _show_warning
     commands.install(group)
     try:
         from lbcore.plugins import get_plugin_manager

@@ -39,6 +39,9 @@ class AttackConfig:
         mix: LBmix - alternate I-FGSM (odd steps) and the update rule (even steps).
         eot: degradation specs applied (differentiably) before the extractors, one drawn per step.
         eot_samples: gradient samples averaged per step when ``eot`` is set.
+        random_start: uniform noise in ``[-r, r]`` added at the start (PGD-style); needed by
+            distance losses such as ``landmark-displacement``, whose gradient is zero at the
+            clean image. The paper starts from the clean image (0).
         seed: seeds every random draw of the run.
     """
 
@@ -52,6 +55,7 @@ class AttackConfig:
     mix: bool = False
     eot: tuple[str, ...] = ()
     eot_samples: int = 1
+    random_start: float = 0.0
     seed: int = 0
 
     def describe(self) -> dict[str, Any]:
@@ -193,7 +197,14 @@ def attack(
     eps = float(config.eps)
     lo = (x - eps).clamp(0, 255)
     hi = (x + eps).clamp(0, 255)
-    x_adv = x.clone() if init is None else torch.min(torch.max(init.to(dev, torch.float32), lo), hi)
+    if init is not None:
+        x_adv = torch.min(torch.max(init.to(dev, torch.float32), lo), hi)
+    elif config.random_start > 0:
+        r = min(float(config.random_start), eps)
+        noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * r
+        x_adv = torch.min(torch.max(x + noise, lo), hi)
+    else:
+        x_adv = x.clone()
     state = rule.init_state(x_adv)
     mix_state = mix_rule.init_state(x_adv) if mix_rule else {}
     active = torch.ones(n_img, dtype=torch.bool, device=dev)

@@ -10,6 +10,7 @@ still load. ``LB_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or distribu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -128,10 +129,8 @@ class PluginManager:
             self._pm.register(plugin, name=name)
             self._pm.check_pending()
         except Exception as err:
-            try:
+            with contextlib.suppress(Exception):
                 self._pm.unregister(plugin)
-            except Exception:
-                pass
             self._fail(dist, err, "register")
             return
         self.distributions[name] = Distribution(dist, version, name)

@@ -1,0 +1,129 @@
+"""Fixtures for the core's tests: a tiny heat-map extractor and installable test plugins."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_EXTRACTOR_SRC = '''
+"""A small heat-map extractor used by the core's tests (random weights, input-dependent)."""
+from __future__ import annotations
+
+import torch
+
+from lbcore.extractor import HeatmapExtractor
+from lbcore.schemes import scheme_for
+
+
+class TinyHeatmapNet(HeatmapExtractor):
+    """Crop the face box to 32x32, a few convolutions, K heat-maps at 16x16."""
+
+    input_size = (32, 32)
+
+    def __init__(self, points: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        self.scheme = scheme_for(points)
+        g = torch.Generator().manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, points, 3, padding=1),
+        )
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def crop_theta(self, boxes: torch.Tensor) -> torch.Tensor:
+        w = (boxes[:, 2] - boxes[:, 0]) / self.input_size[1]
+        h = (boxes[:, 3] - boxes[:, 1]) / self.input_size[0]
+        z = torch.zeros_like(w)
+        x0 = boxes[:, 0] + 0.5 * w - 0.5
+        y0 = boxes[:, 1] + 0.5 * h - 0.5
+        return torch.stack([torch.stack([w, z, x0], 1), torch.stack([z, h, y0], 1)], 1)
+
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        return crops / 127.5 - 1.0
+
+    def forward_crops(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def decode(self, output):
+        from lbcore.extractor import apply_affine, argmax_2d
+
+        return apply_affine(output.hm_to_image, argmax_2d(output.heatmaps))
+
+
+def tiny(points: int = 5, seed: int = 0) -> TinyHeatmapNet:
+    """Tiny random heat-map network for tests."""
+    return TinyHeatmapNet(points=points, seed=seed)
+'''
+
+TINY_PLUGIN_SRC = '''
+from lbcore import hookimpl
+
+
+def _tiny(points: int = 5, seed: int = 0):
+    """Tiny random heat-map network for tests."""
+    from lb_test_tiny_model import tiny
+    return tiny(points=points, seed=seed)
+
+
+@hookimpl
+def register_extractors(register):
+    register("tiny", _tiny)
+'''
+
+
+def make_dist(root: Path, dist: str, entry_name: str, module: str, source: str,
+              extra_modules: dict[str, str] | None = None, version: str = "1.0") -> Path:
+    """Install a distribution into ``root`` the way pip lays it out (a module plus a
+    ``.dist-info`` with ``entry_points.txt``), so ``importlib.metadata`` finds a *real* entry
+    point once ``root`` is on ``sys.path`` / ``PYTHONPATH``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    for name, src in (extra_modules or {}).items():
+        (root / f"{name}.py").write_text(textwrap.dedent(src))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[lbcore]\n{entry_name} = {module}\n")
+    return root
+
+
+@pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    """A folder on sys.path where tests install plugin distributions with make_dist."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(root) + (os.pathsep + old if old else ""))
+    yield root
+    for name in list(sys.modules):
+        if name.startswith(("lb_test_", "broken_")):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def install_dist():
+    """``install_dist(root, dist, entry_name, module, source, extra_modules)`` (see make_dist)."""
+    return make_dist
+
+
+@pytest.fixture
+def tiny_plugin(plugin_path):
+    """The tiny extractor installed as a real plugin distribution ``lb-test-tiny``."""
+    make_dist(plugin_path, "lb-test-tiny", "tiny", "lb_test_tiny_plugin", TINY_PLUGIN_SRC,
+              {"lb_test_tiny_model": TINY_EXTRACTOR_SRC})
+    return plugin_path
+
+
+@pytest.fixture
+def tiny_extractor(tiny_plugin):
+    from lb_test_tiny_model import tiny
+
+    return tiny()
