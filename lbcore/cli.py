@@ -45,8 +45,6 @@ def plugins_cmd(as_json: bool) -> None:
         for kind, names in d["components"].items():
             if names:
                 click.echo(f"  {kind}: {', '.join(names)}")
-    for _dist, msg in pm.failures:
-        click.echo(f"  ! {msg}", err=True)
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

@@ -134,6 +134,7 @@ def test_misspelt_hook_fails_loudly(tiny_plugin, install_dist):
 def test_disable_and_load_only(tiny_plugin, monkeypatch, install_dist):
     install_dist(tiny_plugin, "lb-test-broken", "broken", "broken_import_plugin", BROKEN_IMPORT)
     monkeypatch.setenv("LB_DISABLE_PLUGINS", "broken")
+    monkeypatch.setenv("LB_LOAD_PLUGINS", "lb-test-tiny,broken")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pm = PluginManager()
