@@ -1,0 +1,424 @@
+"""Evaluation metrics of the paper: NME of landmarks, mask-SSIM (SSIM_I / SSIM_W) and PSNR.
+
+Inputs
+    Images are numpy arrays ``(H, W)`` or ``(H, W, C)`` (uint8 or float) with values in
+    ``0..255``. Torch tensors are accepted and converted: ``(C, H, W)`` or ``(1, C, H, W)``
+    with ``C`` in {1, 3} (the project's tensor contract) become ``(H, W, C)``; a 2-D tensor is a
+    greyscale image. Landmarks are ``(K, 2)`` or ``(F, K, 2)`` ``(x, y)`` arrays or tensors.
+    Boxes are ``(4,)`` ``x1, y1, x2, y2`` in image pixels (pixel centres at integers).
+
+NME (Normalised Mean Error)
+    Mean point-to-point Euclidean error divided by the distance between the ground truth's
+    outer eye corners (60/72 for WFLW-98, 36/45 for iBUG-68), as the paper describes.
+
+SSIM
+    Wang et al. 2004: an 11x11 Gaussian window with sigma = 1.5, K1 = 0.01, K2 = 0.03,
+    population (not sample) covariances, on ``0..255`` data (``data_range = 255``). The SSIM map
+    is filtered with mirror-reflected borders, and pixels within 5 of the image border (half the
+    window) are left out of every mean, as in the authors' reference code and
+    ``skimage.metrics.structural_similarity``. Colour images: SSIM is computed per channel and
+    the channel results are averaged (skimage's ``channel_axis`` convention), not on luminance.
+
+SSIM_I (mask-SSIM, the paper's footnote 4, after Ma et al. 2017)
+    Image quality inside the face region. ``variant="masked-image"`` (the paper's): both images
+    are multiplied by the 0/1 mask and the whole-image SSIM of the products is taken.
+    ``variant="mask-mean"``: the SSIM map of the unmasked images averaged over the mask only
+    (it does not reward the identical zeros outside the face, so it is lower and stricter).
+
+This module imports only numpy (and OpenCV for filtering); torch is never imported here -
+tensors are recognised by their ``detach`` method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from lbcore.errors import InputError, SpecError
+
+__all__ = [
+    "nme",
+    "nme_mean",
+    "failure_rate",
+    "FAILURE_THRESHOLDS",
+    "ssim",
+    "ssim_map",
+    "mask_ssim",
+    "psnr",
+    "face_mask",
+    "hull_mask",
+]
+
+FAILURE_THRESHOLDS: tuple[float, float] = (0.08, 0.10)
+"""NME thresholds the reports give failure rates at."""
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): an 11-tap window, as Wang et al. 2004
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+DATA_RANGE = 255.0
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A numpy view of an array-like or a torch tensor (detached, on the CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_image(x: Any, what: str = "image") -> np.ndarray:
+    """An ``(H, W, C)`` float64 image from a numpy ``(H, W)``/``(H, W, C)`` array or a torch
+    ``(H, W)``/``(C, H, W)``/``(1, C, H, W)`` tensor."""
+    is_tensor = hasattr(x, "detach")
+    a = _to_numpy(x)
+    if is_tensor:
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim == 3 and a.shape[0] in (1, 3):  # the tensor contract is channels-first
+            a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise InputError(f"{what}: expected an (H, W) or (H, W, C) image, got shape {a.shape}")
+    return a.astype(np.float64, copy=False)
+
+
+def _as_points(x: Any, what: str) -> np.ndarray:
+    a = _to_numpy(x).astype(np.float64, copy=False)
+    if a.ndim not in (2, 3) or a.shape[-1] != 2:
+        raise InputError(f"{what}: expected (K, 2) or (F, K, 2) landmarks, got shape {a.shape}")
+    return a
+
+
+# --------------------------------------------------------------------------- NME
+
+
+def _eye_corners(
+    scheme_or_eye_corners: Any, num_points: int
+) -> tuple[int, int]:
+    """The outer-eye-corner indices for points of ``num_points`` in the compared layout."""
+    from lbcore.schemes import IBUG68, WFLW98
+    from lbcore.types import LandmarkScheme
+
+    spec = scheme_or_eye_corners
+    if spec is None:
+        by_count = {98: WFLW98, 68: IBUG68}
+        if num_points not in by_count:
+            raise SpecError(
+                f"nme: no known eye corners for {num_points} points; pass the two "
+                "outer-eye-corner indices"
+            )
+        return by_count[num_points].eye_corners
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        if len(spec) != 2 or not all(0 <= int(i) < num_points for i in spec):
+            raise SpecError(f"nme: eye corners {tuple(spec)} are not two indices below {num_points}")
+        return int(spec[0]), int(spec[1])
+    if isinstance(spec, LandmarkScheme | str | int):
+        from lbcore.schemes import _as_scheme
+
+        scheme = _as_scheme(spec)
+        if scheme.num_points != num_points:
+            # A 98-point scheme with landmarks compared as 68 points: use the 68 scheme's corners.
+            if scheme.num_points == 98 and num_points == 68:
+                return IBUG68.eye_corners
+            raise SpecError(
+                f"nme: scheme {scheme.name} has {scheme.num_points} points, the landmarks "
+                f"have {num_points}"
+            )
+        return scheme.eye_corners
+    raise SpecError(f"nme: {spec!r} is neither a scheme nor two eye-corner indices")
+
+
+def nme(pred: Any, gt: Any, scheme_or_eye_corners: Any = None) -> Any:
+    """Per-face Normalised Mean Error.
+
+    ``mean_k ||pred_k - gt_k|| / ||gt_a - gt_b||`` with ``a, b`` the ground truth's outer eye
+    corners. When one side has 98 points and the other 68, the 98-point side is converted to
+    iBUG-68 first (:func:`lbcore.schemes.convert_landmarks`) and the 68-point corners are used.
+
+    Args:
+        pred: predicted landmarks ``(K, 2)`` or ``(F, K, 2)``.
+        gt: ground-truth landmarks of the same shape (or the other of 68/98 points).
+        scheme_or_eye_corners: ``None`` (from the point count: 98 or 68), a
+            :class:`~lbcore.types.LandmarkScheme`, its name or point count, or two indices
+            ``(a, b)`` into the compared points.
+
+    Returns:
+        A float for one face, an ``(F,)`` float64 array for a batch.
+
+    Raises:
+        InputError: shapes disagree, or a ground truth's eye corners coincide.
+        SpecError: point counts that cannot be compared, or bad eye corners.
+    """
+    from lbcore.schemes import convert_landmarks
+
+    p, g = _as_points(pred, "nme pred"), _as_points(gt, "nme gt")
+    kp, kg = p.shape[-2], g.shape[-2]
+    if kp != kg:
+        if {kp, kg} != {68, 98}:
+            raise SpecError(f"nme: cannot compare {kp}-point predictions with {kg}-point ground truth")
+        p, g = convert_landmarks(p, kp, 68), convert_landmarks(g, kg, 68)
+    if p.shape != g.shape:
+        raise InputError(f"nme: pred shape {p.shape} does not match gt shape {g.shape}")
+    a, b = _eye_corners(scheme_or_eye_corners, p.shape[-2])
+    single = p.ndim == 2
+    p3, g3 = (p[None], g[None]) if single else (p, g)
+    norm = np.linalg.norm(g3[:, a] - g3[:, b], axis=-1)
+    if np.any(norm <= 0):
+        bad = int(np.flatnonzero(norm <= 0)[0])
+        raise InputError(f"nme: ground truth of face {bad} has coinciding eye corners {a} and {b}")
+    err = np.linalg.norm(p3 - g3, axis=-1).mean(axis=-1) / norm
+    return float(err[0]) if single else err
+
+
+def nme_mean(nmes: Any) -> float:
+    """Mean NME over faces (NaN for an empty list); NaNs propagate (a missed face is not
+    silently dropped)."""
+    a = _to_numpy(nmes).astype(np.float64).ravel()
+    return float(a.mean()) if a.size else float("nan")
+
+
+def failure_rate(nmes: Any, threshold: float = 0.08) -> float:
+    """Fraction of faces whose NME exceeds ``threshold`` (0.08 and 0.10 in reports).
+
+    A NaN NME (no landmarks found) counts as a failure. Returns NaN for an empty list.
+    """
+    a = _to_numpy(nmes).astype(np.float64).ravel()
+    if not a.size:
+        return float("nan")
+    failed = np.isnan(a) | (a > threshold)
+    return float(failed.mean())
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _hw(shape: Sequence[int]) -> tuple[int, int]:
+    if len(shape) < 2:
+        raise InputError(f"mask: image shape {tuple(shape)} has fewer than two dimensions")
+    return int(shape[0]), int(shape[1])
+
+
+def face_mask(shape: Sequence[int], box: Any) -> np.ndarray:
+    """A rectangular face mask.
+
+    Args:
+        shape: the image shape ``(H, W, ...)``.
+        box: ``(4,)`` ``x1, y1, x2, y2``; the pixels whose centres lie in ``[x1, x2) x [y1, y2)``
+            are set (an integer box of width ``x2 - x1`` covers exactly that many columns),
+            clipped to the image.
+
+    Returns:
+        ``(H, W)`` bool.
+    """
+    h, w = _hw(shape)
+    b = _to_numpy(box).astype(np.float64).ravel()
+    if b.size != 4 or not np.all(np.isfinite(b)):
+        raise InputError(f"face_mask: box {b.tolist()} is not four finite numbers x1 y1 x2 y2")
+    x1, y1, x2, y2 = (int(np.ceil(v)) for v in b)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[max(y1, 0) : max(min(y2, h), 0), max(x1, 0) : max(min(x2, w), 0)] = True
+    return mask
+
+
+def hull_mask(shape: Sequence[int], landmarks: Any) -> np.ndarray:
+    """The convex hull of landmarks as a mask: pixels whose centres lie inside the hull or on
+    its boundary.
+
+    Args:
+        shape: the image shape ``(H, W, ...)``.
+        landmarks: ``(K, 2)`` ``(x, y)``, at least 3 points not on one line for a non-empty
+            area (degenerate hulls give the pixels on the segment/point).
+
+    Returns:
+        ``(H, W)`` bool.
+    """
+    import cv2
+
+    h, w = _hw(shape)
+    pts = _as_points(landmarks, "hull_mask landmarks")
+    if pts.ndim != 2 or not len(pts) or not np.all(np.isfinite(pts)):
+        raise InputError("hull_mask: landmarks must be a non-empty (K, 2) array of finite numbers")
+    mask = np.zeros((h, w), dtype=bool)
+    x0, y0 = max(int(np.ceil(pts[:, 0].min())), 0), max(int(np.ceil(pts[:, 1].min())), 0)
+    x1, y1 = min(int(np.floor(pts[:, 0].max())), w - 1), min(int(np.floor(pts[:, 1].max())), h - 1)
+    if x1 < x0 or y1 < y0:
+        return mask
+    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
+    inside = np.ones(xs.shape, dtype=bool)
+    if len(hull) >= 3:
+        # Inside a convex polygon: on the same side of every edge. The hull's orientation
+        # decides which side; a small tolerance keeps pixel centres on an edge.
+        area2 = np.sum(hull[:, 0] * np.roll(hull[:, 1], -1) - np.roll(hull[:, 0], -1) * hull[:, 1])
+        sign = 1.0 if area2 > 0 else -1.0
+        for (ax, ay), (bx, by) in zip(hull, np.roll(hull, -1, axis=0), strict=True):
+            cross = (bx - ax) * (ys - ay) - (by - ay) * (xs - ax)
+            inside &= sign * cross >= -1e-9 * max(1.0, abs(bx - ax) + abs(by - ay))
+    else:  # a point or a segment: the pixel centres on it
+        a, b = hull[0], hull[-1]
+        d = b - a
+        length2 = float(d @ d)
+        t = np.zeros_like(xs) if length2 == 0 else ((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2
+        t = np.clip(t, 0.0, 1.0)
+        inside = np.hypot(xs - (a[0] + t * d[0]), ys - (a[1] + t * d[1])) < 1e-9
+    mask[y0 : y1 + 1, x0 : x1 + 1] = inside
+    return mask
+
+
+def _as_mask(box_or_mask: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A ``(H, W)`` bool mask from a ``(4,)`` box or an ``(H, W)`` mask (bool or 0/1)."""
+    m = _to_numpy(box_or_mask)
+    if m.ndim == 1 and m.size == 4:
+        return face_mask(shape, m)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.shape != tuple(shape[:2]):
+        raise InputError(
+            f"{what}: mask shape {m.shape} does not match image shape {tuple(shape[:2])} "
+            "(pass a (4,) box or an (H, W) mask)"
+        )
+    return m.astype(bool)
+
+
+# --------------------------------------------------------------------------- SSIM
+
+
+def _gaussian_kernel(sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _filter(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filtering of each channel with mirror-reflected borders
+    (``fedcba|abcdef``, scipy's ``reflect``)."""
+    import cv2
+
+    out = np.empty_like(img)
+    for c in range(img.shape[2]):
+        out[:, :, c] = cv2.sepFilter2D(
+            np.ascontiguousarray(img[:, :, c]), cv2.CV_64F, kernel, kernel,
+            borderType=cv2.BORDER_REFLECT,
+        )
+    return out
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.shape != b.shape:
+        raise InputError(f"{what}: image shapes differ: {a.shape} vs {b.shape}")
+    side = 2 * SSIM_RADIUS + 1
+    if min(a.shape[:2]) < side:
+        raise InputError(f"{what}: images of {a.shape[:2]} are smaller than the {side}x{side} SSIM window")
+
+
+def ssim_map(original: Any, other: Any, data_range: float = DATA_RANGE) -> np.ndarray:
+    """The SSIM map of two images (Wang et al. 2004; see the module docstring).
+
+    Returns:
+        ``(H, W, C)`` float64 local SSIM values (borders computed with reflected padding).
+    """
+    x, y = _as_image(original, "ssim original"), _as_image(other, "ssim other")
+    _check_pair(x, y, "ssim")
+    k = _gaussian_kernel()
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    mx, my = _filter(x, k), _filter(y, k)
+    vx = _filter(x * x, k) - mx * mx
+    vy = _filter(y * y, k) - my * my
+    cxy = _filter(x * y, k) - mx * my
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def _interior(shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels at least half a window away from the border (the ones every mean uses)."""
+    m = np.zeros(shape[:2], dtype=bool)
+    r = SSIM_RADIUS
+    m[r : shape[0] - r, r : shape[1] - r] = True
+    return m
+
+
+def ssim(original: Any, other: Any, data_range: float = DATA_RANGE) -> float:
+    """Whole-image SSIM: the SSIM map's mean over the interior pixels, averaged over channels.
+
+    Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=255, channel_axis=-1)``.
+    """
+    s = ssim_map(original, other, data_range)
+    return float(s[_interior(s.shape)].mean())
+
+
+def mask_ssim(
+    original: Any,
+    adversarial: Any,
+    box_or_mask: Any,
+    variant: Literal["masked-image", "mask-mean"] = "masked-image",
+    data_range: float = DATA_RANGE,
+) -> float:
+    """SSIM_I: structural similarity of the face region (mask-SSIM, Ma et al. 2017).
+
+    Args:
+        original, adversarial: images (see the module docstring), same shape.
+        box_or_mask: a ``(4,)`` face box ``x1, y1, x2, y2`` (see :func:`face_mask`) or an
+            ``(H, W)`` bool / 0-1 mask (e.g. :func:`hull_mask`).
+        variant: ``"masked-image"`` (the paper's): whole-image SSIM of both images multiplied
+            by the mask; ``"mask-mean"``: the SSIM map averaged over the mask's pixels.
+
+    Returns:
+        A float in ``[-1, 1]``.
+
+    Raises:
+        InputError: shapes disagree, or (``"mask-mean"``) the mask has no pixel away from the
+            image border.
+        SpecError: an unknown variant.
+    """
+    x, y = _as_image(original, "mask_ssim original"), _as_image(adversarial, "mask_ssim adversarial")
+    _check_pair(x, y, "mask_ssim")
+    mask = _as_mask(box_or_mask, x.shape, "mask_ssim")
+    if variant == "masked-image":
+        m = mask[:, :, None].astype(np.float64)
+        return ssim(x * m, y * m, data_range)
+    if variant == "mask-mean":
+        sel = mask & _interior(x.shape)
+        if not sel.any():
+            raise InputError(
+                f"mask_ssim: the mask has no pixel at least {SSIM_RADIUS} px inside the image"
+            )
+        return float(ssim_map(x, y, data_range)[sel].mean())
+    raise SpecError(f"mask_ssim: unknown variant {variant!r} (use 'masked-image' or 'mask-mean')")
+
+
+# --------------------------------------------------------------------------- PSNR
+
+
+def psnr(a: Any, b: Any, mask: Any = None, data_range: float = DATA_RANGE) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``.
+
+    Args:
+        a, b: images (see the module docstring), same shape.
+        mask: ``None`` (all pixels), a ``(4,)`` box or an ``(H, W)`` mask; the MSE is taken
+            over the selected pixels and all channels.
+        data_range: the peak value (255 for ``0..255`` data).
+
+    Returns:
+        PSNR in dB; ``inf`` for identical images.
+
+    Raises:
+        InputError: shapes disagree or the mask selects no pixel.
+    """
+    x, y = _as_image(a, "psnr a"), _as_image(b, "psnr b")
+    if x.shape != y.shape:
+        raise InputError(f"psnr: image shapes differ: {x.shape} vs {y.shape}")
+    diff2 = (x - y) ** 2
+    if mask is not None:
+        sel = _as_mask(mask, x.shape, "psnr")
+        if not sel.any():
+            raise InputError("psnr: the mask selects no pixel")
+        diff2 = diff2[sel]
+    mse = float(diff2.mean())
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(data_range**2 / mse))
