@@ -31,7 +31,7 @@ class HaarDetector(Detector):
                  cascade: str = "haarcascade_frontalface_default.xml") -> None:
         import cv2
 
-        path = cv2.data.haarcascades + cascade
+        path = cv2.data.haarcascades + cascade  # type: ignore[attr-defined]
         self._cascade: Any = cv2.CascadeClassifier(path)
         if self._cascade.empty():
             from lbcore.errors import LBError

@@ -168,14 +168,14 @@ class PluginManager:
         for comp in staged:
             existing = self.registry[comp.kind].get(comp.name)
             if existing is not None:
-                err = RegistryError(
+                clash = RegistryError(
                     f"{comp.kind[:-1]} {comp.name!r} registered twice: by "
                     f"{existing.distribution!r} and by {comp.distribution!r}"
                 )
                 if existing.distribution == comp.distribution:
-                    self._fail(dist.name, err, "register its components")
+                    self._fail(dist.name, clash, "register its components")
                     return
-                self._fail(comp.distribution, err, "register its components")
+                self._fail(comp.distribution, clash, "register its components")
                 continue
             self.registry[comp.kind][comp.name] = comp
             dist.components[comp.kind].append(comp.name)

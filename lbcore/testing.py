@@ -88,7 +88,7 @@ def check_extractor(extractor: Any, *, device: str = "cpu", check_gradient: bool
         _fail("type", f"{type(extractor).__name__} is not an lbcore.Extractor")
     scheme = getattr(extractor, "scheme", None)
     if scheme is None or scheme.num_points <= 0:
-        _fail("scheme", "extractor declares no landmark scheme")
+        raise ConformanceError("scheme: extractor declares no landmark scheme")
     a, b = scheme.eye_corners
     if not (0 <= a < scheme.num_points and 0 <= b < scheme.num_points and a != b):
         _fail("scheme", f"eye corners {scheme.eye_corners} invalid for {scheme.num_points} points")

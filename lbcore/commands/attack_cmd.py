@@ -108,7 +108,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
         try:
             loaded = read_image(path)
             rgb = loaded.rgb
-            found = list(fixed)
+            found: list[tuple[float, ...]] = list(fixed)
             if det is not None:
                 found = [tuple(float(v) for v in b[:4]) for b in det(rgb)]
             if not found:
