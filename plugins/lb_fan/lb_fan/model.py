@@ -95,10 +95,7 @@ class HourGlass(nn.Module):
     def _forward(self, level: int, x: torch.Tensor) -> torch.Tensor:
         up1 = self._modules[f"b1_{level}"](x)
         low = self._modules[f"b2_{level}"](F.avg_pool2d(x, 2, stride=2))
-        if level > 1:
-            low = self._forward(level - 1, low)
-        else:
-            low = self._modules[f"b2_plus_{level}"](low)
+        low = self._forward(level - 1, low) if level > 1 else self._modules[f"b2_plus_{level}"](low)
         low = self._modules[f"b3_{level}"](low)
         return up1 + F.interpolate(low, scale_factor=2, mode="nearest")
 
