@@ -17,8 +17,13 @@ Protocol an extractor may follow (all optional):
 * ``forward_crops`` may return ``(heatmaps, {"training_outputs": [t1, t2, ...]})``: every
   stack/stage the original loss supervises (FAN's hourglass stacks, SAN's CPM stages). A map
   with ``K + 1`` channels gets a background target ``1 - max`` of the others as the last one.
+  ``extra["stacks"]`` (a ``(S, F, K, h, w)`` tensor) is accepted too.
 * ``weights_module``: the sub-module whose ``state_dict`` is the published layout (what the
-  factory's ``weights=PATH`` loads); default: the extractor itself.
+  factory's ``weights=PATH`` loads); default: the ``net`` attribute, else the extractor.
+* ``decode_theta(boxes, hm_size)``: the heat-map -> image map the extractor's ``decode`` uses
+  when it differs from the crop's true geometry (``heatmap_theta``), as in face-alignment's
+  FAN. Targets are then placed through it, so ``decode`` returns the annotated point exactly
+  (the originals' training code drew targets with the same map it decoded with).
 
 Checkpoints are written in the layout of the published hour-glass training code
 (``{'epoch', 'netType', 'state_dict', 'best_acc', 'optimizer'}`` with ``module.`` prefixes);
@@ -435,13 +440,42 @@ def _invert_affine(theta: torch.Tensor) -> torch.Tensor:
     return torch.cat([ainv, -(ainv @ theta[:, :, 2:])], dim=2)
 
 
+def _heatmap_points(
+    extractor: HeatmapExtractor,
+    batch: Sequence[Sample],
+    theta: torch.Tensor,
+    lm: torch.Tensor,
+    hm_size: tuple[int, int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Landmarks (image coords) -> heat-map coords of the augmented crops ``theta``.
+
+    With an extractor-specific decode map, the fixed heat-map-space offset between that map
+    and the true geometry (measured on the un-augmented box) is applied as well.
+    """
+    hm_theta = extractor.heatmap_theta(theta, hm_size)
+    pts = apply_affine(_invert_affine(hm_theta), lm)
+    decode_theta = getattr(extractor, "decode_theta", None)
+    if callable(decode_theta):
+        boxes = torch.from_numpy(np.stack([s.box for s in batch])).to(device)
+        geo = extractor.heatmap_theta(extractor.crop_theta(boxes), hm_size).double()
+        dec = decode_theta(boxes, hm_size).to(device).double()
+        offset = compose_affine(_invert_affine(geo), dec)  # decode index -> geometric index
+        pts = apply_affine(_invert_affine(offset).float(), pts)
+    return pts
+
+
 def _forward_for_training(extractor: HeatmapExtractor, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     out = extractor.forward_crops(x)
     extra: dict[str, Any] = {}
     if isinstance(out, tuple):
         out, extra = out
-    supervised = list(extra.get("training_outputs") or [out])
-    return out, supervised
+    supervised = extra.get("training_outputs")
+    if supervised is None:
+        supervised = extra.get("stacks")  # (S, F, K, h, w) stacked intermediate outputs
+    if supervised is None:
+        supervised = [out]
+    return out, list(supervised)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -478,8 +512,13 @@ def evaluate_nme(extractor: HeatmapExtractor, samples: Sequence[Sample], device:
 
 
 def _weights_module(extractor: torch.nn.Module) -> torch.nn.Module:
-    m = getattr(extractor, "weights_module", None)
-    return m if isinstance(m, torch.nn.Module) else extractor
+    """The module whose state dict is the published layout: ``weights_module``, else the
+    conventional ``net`` attribute, else the extractor itself."""
+    for attr in ("weights_module", "net"):
+        m = getattr(extractor, attr, None)
+        if isinstance(m, torch.nn.Module):
+            return m
+    return extractor
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -654,8 +693,8 @@ def train(
             batch = [train_samples[i] for i in order[b * bs:(b + 1) * bs]]
             x, theta, lm = _make_batch(extractor, batch, extractor.scheme, recipe.augment, rng, dev)
             hm, supervised = _forward_for_training(extractor, x)
-            hm_theta = extractor.heatmap_theta(theta, (hm.shape[-2], hm.shape[-1]))
-            pts = apply_affine(_invert_affine(hm_theta), lm)
+            hm_size = (int(hm.shape[-2]), int(hm.shape[-1]))
+            pts = _heatmap_points(extractor, batch, theta, lm, hm_size, dev)
             valid = torch.isfinite(pts).all(-1)
             target = gaussian_targets(pts, (hm.shape[-2], hm.shape[-1]), recipe.sigma)
             loss = heatmap_loss(supervised, target, valid)

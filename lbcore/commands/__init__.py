@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights"]
+_MODULES = ["list", "attack", "weights", "train"]
 
 
 def install(group: click.Group) -> None:
