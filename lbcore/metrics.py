@@ -105,6 +105,8 @@ def _eye_corners(
     from lbcore.types import LandmarkScheme
 
     spec = scheme_or_eye_corners
+    if isinstance(spec, np.ndarray) or hasattr(spec, "detach"):
+        spec = _to_numpy(spec).ravel().tolist()
     if spec is None:
         by_count = {98: WFLW98, 68: IBUG68}
         if num_points not in by_count:

@@ -56,6 +56,7 @@ def test_nme_hand_computed_68():
     assert nme(pred, gt) == pytest.approx(expected, rel=1e-12)
     assert nme(pred, gt, IBUG68) == pytest.approx(expected, rel=1e-12)
     assert nme(pred, gt, (36, 45)) == pytest.approx(expected, rel=1e-12)
+    assert nme(pred, gt, np.array([36, 45])) == pytest.approx(expected, rel=1e-12)
     # other corners: distance between points 0 and 45 of gt
     assert nme(pred, gt, (0, 45)) == pytest.approx(expected, rel=1e-12)
     gt[0] = (10.0, 20.0)
