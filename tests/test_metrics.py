@@ -267,3 +267,24 @@ def test_hull_mask_real_face_inside_box(shared):
     assert 0.6 < frac < 0.95
     nose = np.round(pts[30]).astype(int)
     assert m[nose[1], nose[0]]
+
+
+def test_ssim_on_a_real_face_with_a_budget_15_perturbation(shared):
+    """Lenna with a random +-15 sign perturbation (the paper's budget) inside the face box:
+    the whole-image SSIM agrees with skimage, and the perturbation shows in SSIM_I."""
+    import cv2
+
+    img = cv2.imread(str(shared / "data" / "faces68" / "lenna.png"))[:, :, ::-1]
+    text = (shared / "data" / "faces68" / "lenna.pts").read_text().split("{")[1].split("}")[0]
+    pts = np.array([float(v) for v in text.split()]).reshape(68, 2) - 1.0
+    box = np.concatenate([pts.min(0), pts.max(0)])
+    rng = np.random.default_rng(0)
+    m = face_mask(img.shape, box)[:, :, None]
+    adv = np.clip(img + 15.0 * rng.choice([-1.0, 1.0], img.shape) * m, 0, 255).astype(np.uint8)
+    assert ssim(img, adv) == pytest.approx(_skimage_ssim(img, adv), abs=1e-9)
+    masked = mask_ssim(img, adv, box)
+    mean_in_mask = mask_ssim(img, adv, box, "mask-mean")
+    assert 0.0 < mean_in_mask < masked < 1.0
+    assert mean_in_mask < 0.6  # +-15 sign noise is very visible to SSIM on smooth skin
+    assert mask_ssim(img, adv, hull_mask(img.shape, pts), "mask-mean") < 0.6
+    assert 24 < psnr(img, adv, box) < 26  # 10 log10(255^2 / 15^2) = 24.6 dB; clipping only raises it
