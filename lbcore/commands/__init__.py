@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights", "train"]
+_MODULES = ["list", "attack", "weights", "train", "synth"]
 
 
 def install(group: click.Group) -> None:
