@@ -165,7 +165,7 @@ def codec_chain(
 
 
 def as_rate(fps: float | Fraction | str) -> Fraction:
-    """A frame rate as a fraction (29.97 -> 30000/1001, 25 -> 25)."""
+    """A frame rate as a fraction (``25`` -> 25, ``29.97`` -> 2997/100, ``30000/1001`` as a float -> 30000/1001)."""
     rate = Fraction(fps) if isinstance(fps, (Fraction, int)) else Fraction(str(fps))
     if rate <= 0:
         raise SpecError(f"frame rate must be positive, got {fps}")

@@ -9,9 +9,9 @@ import pytest
 @pytest.fixture
 def codecs_pm():
     """A plugin manager holding the core built-ins and this plugin (no other entry points)."""
-    from lbcore.plugins import PluginManager
-
     import lb_codecs.plugin
+
+    from lbcore.plugins import PluginManager
 
     pm = PluginManager(load_entry_points=False)
     pm.add_plugin(lb_codecs.plugin, name="codecs", distribution="lb-codecs", version="0.1.0")

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+
 from lbcore.errors import LBError, SpecError
 
 ALL = ["jpeg", "mpeg4", "h264", "c", "c2", "resize", "blur", "noise", "diffjpeg",
