@@ -29,3 +29,44 @@ def fresh_pm():
 
     with fresh_plugin_manager() as pm:
         yield pm
+
+
+@pytest.fixture(scope="session")
+def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A small FAN (68 points, width 32) trained once per session on ../shared's faces.
+
+    Trained with :func:`lbcore.training.train` on the dlib_faces XML faces (dlib pseudo labels)
+    and the four faces68 photos; starts from the embedded demonstration weights when they are
+    installed (``weights=auto``), else from scratch. ``LB_TRAIN_TEST_STEPS`` sets the number of
+    optimiser steps (default 60). Returns ``(extractor, samples, checkpoint_path)``.
+    """
+    torch = pytest.importorskip("torch")
+    from lbcore.data import load_annotations
+    from lbcore.errors import WeightsError
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.training import PAPER_RECIPES, Augment, prepare_samples, train
+
+    pm = get_plugin_manager()
+    if "fan" not in pm.components("extractors"):
+        pytest.skip("the lb_fan plugin is not installed")
+    spec = "fan:modules=1,landmarks=68,width=32"
+    try:
+        extractor = pm.build("extractors", spec)
+    except WeightsError:
+        extractor = pm.build("extractors", spec + ",weights=none")
+    data = shared / "data"
+    records = [
+        *load_annotations(data / "dlib_faces" / "training_with_face_landmarks.xml", "dlib-xml"),
+        *load_annotations(data / "dlib_faces" / "testing_with_face_landmarks.xml", "dlib-xml"),
+        *load_annotations(data / "faces68", "pts"),
+    ]
+    samples = prepare_samples(records)
+    recipe = PAPER_RECIPES["generic"].replace(
+        lr=1e-3, sigma=1.5, batch_size=8, epochs=1,
+        augment=Augment(scale=0.1, rotation=10.0, translation=0.03, flip=0.0, colour=0.2, grey=0.0, blur=0.0),
+    )
+    steps = int(os.environ.get("LB_TRAIN_TEST_STEPS", "60"))
+    out = tmp_path_factory.mktemp("trained_fan") / "fan-test.pth"
+    torch.manual_seed(0)
+    train(extractor, samples, recipe=recipe, out=out, spec=spec, seed=0, steps_per_epoch=steps, progress=False)
+    return extractor.eval(), samples, out

@@ -214,18 +214,16 @@ class Sample:
 
 
 def _read_rgb(path: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB through :func:`lbcore.io.read_image` (size guard, EXIF
+    orientation), or OpenCV where that module is absent."""
     try:
-        from lbcore.io import read_image  # type: ignore[attr-defined]
+        from lbcore.io import read_image
     except ImportError:
         read_image = None
     if read_image is not None:
-        img = read_image(path)
-        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        if arr.ndim == 4:
-            arr = arr[0]
-        if arr.ndim == 3 and arr.shape[0] == 3:
-            arr = arr.transpose(1, 2, 0)
-        return np.clip(arr, 0, 255).astype(np.uint8)
+        rgb = getattr(read_image(path), "rgb", None)
+        if rgb is not None:
+            return np.ascontiguousarray(rgb, dtype=np.uint8)
     import cv2
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -248,7 +246,8 @@ def prepare_samples(faces: Iterable[Any], context: float = 1.0, max_box: float =
 
     Args:
         faces: objects with ``image_path`` (or ``image``), ``box`` and ``landmarks``
-            (:class:`LabelledFace`, or ``lbcore.data.FaceRecord``).
+            (:class:`LabelledFace`, or ``lbcore.data.FaceRecord``); faces without landmarks
+            are skipped.
         context: margin kept around the box, as a fraction of its larger side (room for
             scale and translation augmentation).
         max_box: regions are downscaled so that the box's larger side is at most this
@@ -262,6 +261,8 @@ def prepare_samples(faces: Iterable[Any], context: float = 1.0, max_box: float =
     cache: dict[str, np.ndarray] = {}
     out: list[Sample] = []
     for face in faces:
+        if getattr(face, "landmarks", None) is None:
+            continue  # an image without annotation (pts folders list those too)
         if getattr(face, "image", None) is not None:
             img = np.asarray(face.image)
             src = str(getattr(face, "image_path", None) or "<memory>")
@@ -758,10 +759,13 @@ def dlib_teacher(upsample: int = 1) -> Callable[[np.ndarray], list[tuple[np.ndar
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(dat))
 
-    def label(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def label(rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Detect (or take the given ``x1, y1, x2, y2`` boxes) and predict 68 points each."""
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
         out = []
-        for r in detector(img, upsample):
+        rects = (detector(img, upsample) if boxes is None
+                 else [dlib.rectangle(*(int(round(v)) for v in b)) for b in boxes])
+        for r in rects:
             shape = predictor(img, r)
             pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float32)
             out.append((np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32), pts))

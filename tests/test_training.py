@@ -208,3 +208,90 @@ def test_recipes_follow_the_papers() -> None:
     r = recipe_for(ext)
     assert r.optimizer == "rmsprop" and r.lr == 1e-3
     assert math.isclose(r.replace(augment={"flip": 0.0}).augment.flip, 0.0)
+
+
+def _fan_installed() -> bool:
+    from lbcore.plugins import get_plugin_manager
+
+    return "fan" in get_plugin_manager().components("extractors")
+
+
+def _write_face(folder: Path, name: str, seed: int) -> None:
+    import cv2
+
+    face = _synthetic_faces(1, seed)[0]
+    cv2.imwrite(str(folder / f"{name}.png"), face.image[..., ::-1])
+    # 68 points around the synthetic face (iBUG .pts files are 1-based)
+    rng = np.random.default_rng(seed)
+    box = np.asarray(face.box)
+    pts = rng.uniform(box[:2], box[2:], size=(68, 2)) + 1.0
+    body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in pts)
+    (folder / f"{name}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{body}\n}}\n")
+
+
+@pytest.mark.skipif(not _fan_installed(), reason="the lb_fan plugin is not installed")
+def test_cli_trains_and_the_checkpoint_loads_as_weights(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lbcore.cli import cli
+    from lbcore.plugins import get_plugin_manager
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    for i in range(3):
+        _write_face(data, f"f{i}", i)
+    out = tmp_path / "fan.pth"
+    spec = "fan:modules=1,landmarks=68,width=8"
+    r = CliRunner().invoke(cli, ["train", spec, "--data", str(data), "--format", "pts", "--out", str(out),
+                                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+                                 "--device", "cpu", "--no-progress", "--val", str(data)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["val_nme"] > 0
+    ck = lbcore.load_checkpoint(out)
+    assert ck["netType"] == spec and ck["epoch"] == 1
+    ext = get_plugin_manager().build("extractors", f"{spec},weights={out}")
+    sd = ext.net.state_dict()
+    assert all(torch.equal(sd[k[len("module."):]], v) for k, v in ck["state_dict"].items())
+
+
+def test_cli_rejects_a_malformed_annotation_with_file_and_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lbcore.cli import cli
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    _write_face(data, "good", 0)
+    bad = data / "good.pts"
+    lines = bad.read_text().splitlines()
+    lines[5] = "12.5 oops"
+    bad.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(cli, ["train", "fan:modules=1,landmarks=68,width=8", "--data", str(data),
+                                 "--format", "pts", "--out", str(tmp_path / "x.pth"), "--device", "cpu"])
+    assert r.exit_code != 0
+    assert "good.pts:6" in r.output, r.output
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_short_training_on_real_faces_then_the_attack_breaks_it(trained_fan: Any) -> None:
+    """A short CPU run on ../shared's faces fits them (NME < 0.15); the LB attack (eps 15,
+    20 MI-FGSM steps) then pushes the NME of the attacked faces above 0.5."""
+    from lbcore.engine import attack, preset
+    from lbcore.types import Faces
+
+    extractor, samples, path = trained_fan
+    nme = evaluate_nme(extractor, samples)
+    assert nme < 0.15, f"NME {nme:.3f} on the training faces after the short run"
+    # attack the four human-annotated photos' faces (the last four samples)
+    from lbcore.training import _nme
+
+    broken = []
+    for s in samples[-4:]:
+        img = torch.from_numpy(s.image).permute(2, 0, 1)[None].float()
+        faces = Faces(torch.from_numpy(s.box)[None], torch.zeros(1, dtype=torch.long))
+        res = attack(img, faces, extractor, preset("lb"), device="cpu")
+        pred = extractor.predict(res.adversarial, faces)
+        broken.append(float(_nme(pred, torch.from_numpy(s.landmarks)[None], extractor.scheme)[0]))
+        assert float(res.linf.max()) <= 15.0
+    assert float(np.mean(broken)) > 0.5, broken

@@ -12,11 +12,12 @@ FORMATS = ["pts", "wflw", "dlib-xml"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def load_faces(path: str, fmt: str) -> list[Any]:
-    """Annotated faces from ``path`` through :func:`lbcore.data.load_annotations`."""
-    from lbcore.data import load_annotations  # type: ignore[attr-defined]
+def load_faces(path: str, fmt: str, image_root: str | None = None) -> list[Any]:
+    """Annotated faces from ``path`` through :func:`lbcore.data.load_annotations`
+    (records without landmarks are dropped)."""
+    from lbcore.data import load_annotations
 
-    return list(load_annotations(path, fmt))
+    return [r for r in load_annotations(path, fmt, image_root=image_root) if r.landmarks is not None]
 
 
 def _with_weights(spec: str, weights: str) -> str:
@@ -38,6 +39,7 @@ def _images_in(folder: str) -> list[str]:
 @click.option("--data", "data", required=True, help="Training annotations: a folder (pts) or file (wflw list, dlib XML).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Annotation format of --data.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (resumable; loads as weights=PATH).")
+@click.option("--image-root", default=None, help="WFLW: folder the list's image paths are relative to.")
 @click.option("--val", "val", default=None, help="Validation annotations (NME each epoch).")
 @click.option("--val-format", type=click.Choice(FORMATS), default=None, help="Format of --val (default: --format).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the paper's).")
@@ -55,7 +57,7 @@ def _images_in(folder: str) -> list[str]:
 @click.option("--unlabelled", default=None, type=click.Path(exists=True, file_okay=False), help="Folder of unannotated images for --teacher.")
 @click.option("--detector", default="haar", show_default=True, help="Face detector for an extractor teacher.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train_cmd(spec: str, data: str, fmt: str, out: str, val: str | None, val_format: str | None,
+def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, val: str | None, val_format: str | None,
               epochs: int | None, batch_size: int | None, lr: float | None, optimizer: str | None,
               sigma: float | None, recipe: str | None, steps_per_epoch: int | None, seed: int,
               device: str, resume: str | None, init: str | None, teacher: str | None,
@@ -95,7 +97,7 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, val: str | None, val_for
     base = PAPER_RECIPES[recipe] if recipe else recipe_for(extractor, name)
     rec = base.replace(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, sigma=sigma)
 
-    faces = load_faces(data, fmt)
+    faces = load_faces(data, fmt, image_root)
     if teacher:
         if not unlabelled:
             raise SpecError("--teacher needs --unlabelled FOLDER")
@@ -106,7 +108,7 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, val: str | None, val_for
         extra = pseudo_label(_images_in(unlabelled), label)
         click.echo(f"teacher {teacher}: {len(extra)} pseudo-labelled faces from {unlabelled}", err=True)
         faces.extend(extra)
-    val_faces = load_faces(val, val_format or fmt) if val else []
+    val_faces = load_faces(val, val_format or fmt, image_root) if val else []
     train_s = prepare_samples(faces)
     val_s = prepare_samples(val_faces)
     click.echo(f"training {spec} on {len(train_s)} faces ({len(val_s)} validation) on {dev}; "

@@ -1,0 +1,131 @@
+"""Recipe of the embedded demonstration FAN (``fan`` with no published weights present).
+
+No FAN trained on WFLW was ever published, and published checkpoints cannot be downloaded on
+an offline machine, so the project ships a *small demonstration model* it trains itself:
+
+* **Data** - only faces that ship inside package-registry wheels: scikit-image's
+  ``astronaut`` (public domain) and the 100 face crops of ``lfw_subset`` (LFW, 25x25, upscaled
+  8x), and matplotlib's ``grace_hopper.jpg`` sample (``pip install --no-deps matplotlib``; only
+  the file is read). The human-annotated faces in ``../shared/data/faces68`` are **never**
+  trained on: they are the held-out test.
+* **Labels** - pseudo labels from dlib's 68-point shape predictor (``pip install
+  'lbcore[teacher]'``): detector boxes where dlib finds a face, else the crop's own frame.
+* **Training** - :func:`lbcore.training.train` (the machinery of ``lb train``), FAN with one
+  hourglass at width 32 and 68 points, Adam, heavy augmentation, fixed seed.
+* **Output** - a float16 plain state dict (the 2D-FAN release layout) and a JSON sidecar with
+  the recipe and the measured NME on the training faces and on faces68.
+
+Usage::
+
+    python scripts/train_default_model.py --out plugins/lb_fan/lb_fan/data/fan-demo-w32-68.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "fan:modules=1,landmarks=68,width=32"
+
+
+def packaged_faces() -> list[tuple[str, np.ndarray, list[list[float]] | None]]:
+    """``(name, rgb, boxes or None for detection)`` of the faces shipped by registry packages."""
+    import cv2
+    import skimage.data
+
+    out: list[tuple[str, np.ndarray, list[list[float]] | None]] = [
+        ("skimage:astronaut", skimage.data.astronaut(), None)
+    ]
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        sys.exit("the recipe needs matplotlib's sample photo: pip install --no-deps matplotlib")
+    hopper = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    out.append(("matplotlib:grace_hopper", cv2.cvtColor(cv2.imread(str(hopper)), cv2.COLOR_BGR2RGB), None))
+    lfw = skimage.data.lfw_subset()[:100]  # the first 100 are faces, the rest non-faces
+    for i, face in enumerate(lfw):
+        big = cv2.resize((face * 255).astype(np.uint8), (200, 200), interpolation=cv2.INTER_CUBIC)
+        # LFW crops are tight on the face: the frame (inset) is the face box
+        out.append((f"skimage:lfw_subset[{i}]", np.repeat(big[..., None], 3, axis=2), [[8, 8, 192, 192]]))
+    return out
+
+
+def faces68(shared: Path) -> list[object]:
+    """The held-out human-annotated faces (``.pts``), boxes from the landmarks."""
+    from lbcore.data import load_annotations
+
+    return list(load_annotations(shared / "data" / "faces68", "pts"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "plugins/lb_fan/lb_fan/data/fan-demo-w32-68.pth"))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--steps-per-epoch", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    args = ap.parse_args()
+
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.training import (
+        PAPER_RECIPES,
+        Augment,
+        dlib_teacher,
+        evaluate_nme,
+        export_weights,
+        prepare_samples,
+        pseudo_label,
+        train,
+    )
+
+    torch.manual_seed(args.seed)
+    label = dlib_teacher()
+    labelled = []
+    for name, rgb, boxes in packaged_faces():
+        got = pseudo_label([(name, rgb)], lambda im, b=boxes: label(im, b))
+        if boxes is None and got:  # one person per photo: keep dlib's largest detection
+            got = [max(got, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))]
+        labelled.extend(got)
+    print(f"{len(labelled)} pseudo-labelled faces from packaged photos", file=sys.stderr)
+    samples = prepare_samples(labelled)
+    extractor = get_plugin_manager().build("extractors", SPEC + ",weights=none")
+    recipe = PAPER_RECIPES["generic"].replace(
+        lr=1e-3, sigma=1.5, batch_size=8, epochs=args.epochs,
+        milestones=(int(args.epochs * 0.7),), gamma=0.2,
+        augment=Augment(scale=0.25, rotation=30.0, translation=0.08, flip=0.5, colour=0.4,
+                        grey=0.3, blur=0.3, noise=4.0),
+        source="Landmark Breaker demonstration recipe (scripts/train_default_model.py)",
+    )
+    ckpt = Path(args.out).with_suffix(".train.pth")
+    t0 = time.time()
+    train(extractor, samples, recipe=recipe, out=ckpt, spec=SPEC, seed=args.seed,
+          device=args.device, steps_per_epoch=args.steps_per_epoch,
+          log=lambda m: print(m, file=sys.stderr, flush=True))
+    minutes = (time.time() - t0) / 60
+    train_nme = evaluate_nme(extractor, samples, args.device)
+    report = {
+        "spec": SPEC, "seed": args.seed, "recipe": recipe.describe(), "train_minutes": round(minutes, 1),
+        "training_faces": [str(f.image_path) for f in labelled], "labels": "dlib 68-point pseudo labels",
+        "nme_training_faces": round(train_nme, 4),
+    }
+    shared = Path(args.shared)
+    if (shared / "data" / "faces68").is_dir():
+        held = prepare_samples(faces68(shared))
+        report["nme_faces68_held_out"] = round(evaluate_nme(extractor, held, args.device), 4)
+    out = export_weights(ckpt, args.out, half=True)
+    Path(str(out) + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    ckpt.unlink()
+    Path(str(ckpt) + ".json").unlink(missing_ok=True)
+    print(json.dumps({k: v for k, v in report.items() if k != "training_faces"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
