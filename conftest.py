@@ -37,7 +37,7 @@ def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
 
     Trained with :func:`lbcore.training.train` on the dlib_faces XML faces (dlib pseudo labels)
     and the four faces68 photos; starts from the embedded demonstration weights when they are
-    installed (``weights=auto``), else from scratch. ``LB_TRAIN_TEST_STEPS`` sets the number of
+    installed (``weights=auto``); skips without them. ``LB_TRAIN_TEST_STEPS`` sets the number of
     optimiser steps (default 60). Returns ``(extractor, samples, checkpoint_path)``.
     """
     torch = pytest.importorskip("torch")
@@ -53,7 +53,9 @@ def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     try:
         extractor = pm.build("extractors", spec)
     except WeightsError:
-        extractor = pm.build("extractors", spec + ",weights=none")
+        # from random weights a few CPU minutes do not fit these faces; the short run
+        # fine-tunes the embedded demonstration model
+        pytest.skip(f"no embedded demonstration weights for {spec} (scripts/train_default_model.py makes them)")
     data = shared / "data"
     records = [
         *load_annotations(data / "dlib_faces" / "training_with_face_landmarks.xml", "dlib-xml"),
