@@ -69,7 +69,7 @@ def test_mismatched_checkpoints_are_refused_in_one_line(tmp_path, random_checkpo
     with pytest.raises(WeightsError, match=r"missing 2 keys: head\.3\.weight, head\.3\.bias") as err:
         hrnet(weights=str(missing))
     assert "\n" not in str(err.value)
-    # A W18 checkpoint does not fit a width-8 network: shape mismatches, named.
+    # A width-6 checkpoint does not fit the W18 network: the shape mismatches are named.
     small = tmp_path / "w6.pth"
     torch.save(HighResolutionNet(width=6).state_dict(), small)
     with pytest.raises(WeightsError, match=r"shape mismatches: transition1\.0\.0\.weight: file \(6, 256, 3, 3\) vs model \(18, 256, 3, 3\)"):
