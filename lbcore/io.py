@@ -1049,12 +1049,16 @@ def _read_check(path: Path) -> None:
         raise _input_error(path, "not readable (permission denied)")
 
 
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def _frames_limit_error(path: Path, n: int | str, fps: Fraction, max_frames: int) -> InputError:
-    minutes = max_frames / float(fps) / 60 if fps else 0
     return _input_error(
         path,
         f"video has {n} frames, over the limit of {max_frames} frames "
-        f"(about {minutes:.0f} min at {float(fps):.3g} fps; raise it with --max-frames)",
+        f"({_hms(max_frames / float(fps))} at {float(fps):.4g} fps; raise it with --max-frames)",
     )
 
 
@@ -1196,7 +1200,7 @@ class _AudioCopy:
     def __init__(self, source: Path, out: Any) -> None:
         av = _av()
         self.note: str | None = None
-        self.inp = _open_input_video(source) if source.exists() else None
+        self.inp: Any = _open_input_video(source)
         self.stream_in = None
         self.stream_out = None
         self.encoder = False

@@ -438,6 +438,29 @@ def test_iter_inputs_unreadable_file_and_folder(tmp_path):
         f.chmod(0o644)
 
 
+def test_iter_inputs_permission_errors_simulated(tmp_path, monkeypatch):
+    """The same paths as above, forced even as root by faking the OS answers."""
+    locked = _touch(tmp_path / "in/locked.png")
+    _touch(tmp_path / "in/ok.png")
+    _touch(tmp_path / "in/closed/x.png")
+    real_access, real_scandir = os.access, os.scandir
+
+    def access(path, mode, *a, **k):
+        return False if Path(path) == locked else real_access(path, mode, *a, **k)
+
+    def scandir(path="."):
+        if Path(path).name == "closed":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "scandir", scandir)
+    entries = [(str(e.rel), e.kind, e.error) for e in lio.iter_inputs([tmp_path / "in"])]
+    assert [(r, k) for r, k, _ in entries] == [("closed", "error"), ("locked.png", "error"), ("ok.png", "image")]
+    assert "cannot list folder: not readable (permission denied)" in entries[0][2]
+    assert entries[1][2] == f"{locked}: not readable (permission denied)"
+
+
 def test_non_utf8_names_round_trip(tmp_path):
     raw_dir = os.fsencode(tmp_path / "in") + b"/caf\xe9"
     os.makedirs(raw_dir)
@@ -695,7 +718,7 @@ def test_bad_video_files(tmp_path):
 def test_frame_limit(tmp_path):
     src = tmp_path / "long.mp4"
     _make_video(src, n=20, audio=None)
-    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames, over the limit of 10 .*--max-frames"):
+    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames, over the limit of 10 frames \(0:00:00 at 29.97 fps; raise it with --max-frames\)"):
         lio.probe_video(src, max_frames=10)
     mkv = tmp_path / "long.mkv"  # no stored frame count: counted, and counting stops at the limit
     _make_video(mkv, n=20, codec="ffv1", audio=None)
@@ -770,3 +793,16 @@ def test_fingerprint_of_large_file_uses_head_and_tail(tmp_path):
     assert fp["size"] == 9 << 20 and fp["sha256_scope"] != "whole" and len(fp["sha256"]) == 16
     small = _write(tmp_path / "s.bin", b"abc")
     assert lio.input_fingerprint(small)["sha256"] == "ba7816bf8f01cfea"
+
+
+def test_video_with_non_utf8_name(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/vid\xe9o.mkv"
+    _make_video(Path(os.fsdecode(raw)), n=4, codec="ffv1", audio=None)
+    (entry,) = lio.iter_inputs([tmp_path])
+    assert entry.kind == "video" and lio.probe_video(entry.path).frame_count == 4
+    out = lio.mirror_path(tmp_path / "out", entry.rel)
+    with lio.VideoWriter(out, 25, audio_from=entry.path) as w:
+        for f in lio.iter_video_frames(entry.path):
+            w.write(f)
+    assert os.path.exists(os.fsencode(tmp_path) + b"/out/vid\xe9o.mkv")
+    assert lio.probe_video(out).frame_count == 4
