@@ -927,18 +927,20 @@ def iter_inputs(
             yield InputEntry(root, Path(root.name), "error", f"{display_path(root)}: not a regular file or folder")
 
 
-def _error_entry(path: Path, rel: Path, err: OSError) -> InputEntry:
+def _os_problem(path: Path, err: OSError) -> str:
     import errno
 
     if isinstance(err, FileNotFoundError):
-        problem = "broken symbolic link" if os.path.lexists(path) else "no such file or folder"
-    elif err.errno == errno.ELOOP:
-        problem = "symbolic link loop"
-    elif isinstance(err, PermissionError):
-        problem = "not readable (permission denied)"
-    else:
-        problem = err.strerror or str(err)
-    return InputEntry(path, rel, "error", f"{display_path(path)}: {problem}")
+        return "broken symbolic link" if os.path.lexists(path) else "no such file or folder"
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if isinstance(err, PermissionError):
+        return "not readable (permission denied)"
+    return _one_line(err.strerror or err)
+
+
+def _error_entry(path: Path, rel: Path, err: OSError) -> InputEntry:
+    return InputEntry(path, rel, "error", f"{display_path(path)}: {_os_problem(path, err)}")
 
 
 def _walk(
@@ -948,8 +950,7 @@ def _walk(
         with os.scandir(folder) as it:
             names = sorted((e.name for e in it), key=_bytes_key)
     except OSError as err:
-        entry = _error_entry(folder, rel, err)
-        yield entry._replace(error=f"{display_path(folder)}: cannot list folder: {entry.error.split(': ', 1)[-1]}")
+        yield InputEntry(folder, rel, "error", f"{display_path(folder)}: cannot list folder: {_os_problem(folder, err)}")
         return
     for name in names:
         if name.startswith(".") and not include_hidden:
@@ -1201,8 +1202,8 @@ class _AudioCopy:
         av = _av()
         self.note: str | None = None
         self.inp: Any = _open_input_video(source)
-        self.stream_in = None
-        self.stream_out = None
+        self.stream_in: Any = None
+        self.stream_out: Any = None
         self.encoder = False
         self._pending: Any = None
         self._packets: Iterator[Any] | None = None
