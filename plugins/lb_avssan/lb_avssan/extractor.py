@@ -7,7 +7,8 @@ to 128x128 - independently in x and y, so the crop's aspect ratio is *not* kept.
 rounds the grown box outward to whole pixels (``floor`` / ``ceil``) before cropping with PIL;
 ``truncate=True`` does the same, the default keeps the exact fractional box. Box coordinates are
 read as pixel *edges* (PIL's crop box), so crop pixel ``u`` samples image pixel-centre coordinate
-``x1 + (u + 0.5) * cw / 128 - 0.5`` (PIL's and OpenCV's resize convention).
+``x1 + (u + 0.5) * cw / 128 - 0.5`` (PIL's and OpenCV's resize convention); samples within
+half a pixel of the image border read the edge pixel, as PIL does, never zero padding.
 
 Input: RGB, ``/255``, mean 0.5, std 0.5, i.e. ``[-1, 1]``.
 
@@ -36,7 +37,7 @@ from lbcore import ExtractorOutput, Faces
 from lbcore.extractor import HeatmapExtractor, affine_crop, apply_affine
 from lbcore.schemes import WFLW98
 
-__all__ = ["AVSSANExtractor", "san_crop_boxes", "san_peak_soft_argmax", "MACHINE_EPS"]
+__all__ = ["AVSSANExtractor", "san_crop_boxes", "crop_without_padding", "san_peak_soft_argmax", "MACHINE_EPS"]
 
 MACHINE_EPS = float(np.finfo(float).eps)
 """What SAN floors the soft-argmax window to (float64 epsilon, 2.22e-16)."""
@@ -73,6 +74,25 @@ def san_crop_boxes(
     cx2 = torch.maximum(cx2, cx1 + 1.0)
     cy2 = torch.maximum(cy2, cy1 + 1.0)
     return torch.stack([cx1, cy1, cx2, cy2], dim=-1)
+
+
+def crop_without_padding(
+    images: torch.Tensor, image_index: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`lbcore.extractor.affine_crop` with PIL's border handling instead of zeros.
+
+    A crop clipped to the image still samples up to half a pixel beyond the outermost pixel
+    centres; PIL (and OpenCV) read the edge pixel there, where ``affine_crop`` would blend in
+    zero padding. Padding the image by one replicated pixel (and shifting ``theta`` to match)
+    gives the former; gradients still reach the original pixels.
+
+    Shape:
+        images ``(B, C, H, W)``, theta ``(F, 2, 3)`` -> ``(F, C, h, w)``.
+    """
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    shifted = theta.clone()
+    shifted[:, :, 2] += 1.0
+    return affine_crop(padded, image_index, shifted, size)
 
 
 def san_peak_soft_argmax(
@@ -201,7 +221,7 @@ class AVSSANExtractor(HeatmapExtractor):
         boxes = faces.boxes.to(images.device, torch.float32)
         crop_boxes = self.crop_boxes(boxes, image_size)
         theta = self.theta_from_crop_boxes(crop_boxes)
-        crops = affine_crop(images, faces.image_index, theta, self.input_size)
+        crops = crop_without_padding(images, faces.image_index, theta, self.input_size)
         heatmaps, extra = self.forward_crops(self.normalise(crops))
         hm_theta = self.hm_theta_from_crop_boxes(crop_boxes, (heatmaps.shape[-2], heatmaps.shape[-1]))
         extra.update(crop_theta=theta, crop_box=crop_boxes)

@@ -17,6 +17,16 @@ import torch
 KEY_LIST = "reference/checkpoint_keys/avssan_itn_cpm_98.txt"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run these tests single-threaded: on a small, shared CPU, torch's intra-op threads spin
+    against each other and a forward pass gets ~30x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def reference_keys(shared: Path) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of the original ITN-CPM (98 + 1 maps), from ``shared/``."""
