@@ -178,12 +178,15 @@ class ImageHeader:
         width: Claimed width in pixels (as stored, before EXIF orientation).
         height: Claimed height in pixels.
         orientation: EXIF/TIFF orientation tag 1..8 (1 = upright, also when absent).
+        grey: The header declares a single colour channel (PNG colour types 0 and 4), which
+            OpenCV may still expand to BGR(A) when decoding.
     """
 
     format: str
     width: int
     height: int
     orientation: int = 1
+    grey: bool = False
 
 
 def _u16(b: bytes, off: int, endian: str = ">") -> int:
@@ -293,6 +296,7 @@ def _png_header(d: bytes) -> ImageHeader:
     if len(d) < 33 or d[12:16] != b"IHDR":
         raise _Corrupt("PNG header is truncated or has no IHDR chunk")
     width, height = _u32(d, 16), _u32(d, 20)
+    grey = d[25] in (0, 4)  # colour type: greyscale, greyscale + alpha
     orientation = 1
     pos = 8
     # Walk the chunk headers only (cheap) to find an eXIf chunk anywhere in the file.
@@ -305,7 +309,7 @@ def _png_header(d: bytes) -> ImageHeader:
         if kind == b"IEND":
             break
         pos += 12 + length
-    return ImageHeader("png", width, height, orientation)
+    return ImageHeader("png", width, height, orientation, grey)
 
 
 def _webp_header(d: bytes) -> ImageHeader:
@@ -569,10 +573,11 @@ def read_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> L
     if channels == 1:
         grey = True
         samples = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
-    elif channels == 2:  # grey + alpha (not produced by current OpenCV, handled for safety)
+    elif channels == 2 or (channels == 4 and header.grey):
+        # grey + alpha: OpenCV expands a PNG's grey+alpha to BGRA with B = G = R
         grey = True
         samples = np.repeat(arr[:, :, :1], 3, axis=2)
-        alpha = np.ascontiguousarray(arr[:, :, 1])
+        alpha = np.ascontiguousarray(arr[:, :, -1])
     elif channels in (3, 4):
         grey = False
         samples = arr[:, :, 2::-1]  # BGR(A) -> RGB

@@ -240,6 +240,31 @@ def test_greyscale_stays_greyscale(tmp_path, dtype):
     np.testing.assert_array_equal(back, want)
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_grey_alpha_png_stays_grey(tmp_path, depth):
+    dtype = np.uint8 if depth == 8 else np.uint16
+    la = _noise(4, 5, 2, dtype)
+    raw = b"".join(b"\x00" + la[y].astype(">u2" if depth == 16 else np.uint8).tobytes() for y in range(4))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, depth, 4, 0, 0, 0))
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+    img = lio.read_image(_write(tmp_path / "la.png", png))
+    assert img.grey and img.bit_depth == depth
+    np.testing.assert_array_equal(img.alpha, la[:, :, 1])
+    want_rgb = la[:, :, 0] if depth == 8 else np.rint(la[:, :, 0] / 257).astype(np.uint8)
+    np.testing.assert_array_equal(img.rgb, np.repeat(want_rgb[:, :, None], 3, axis=2))
+    res = img.rgb.astype(int)
+    res[..., 0] += 2  # a colour-only perturbation is averaged away: the file stays grey
+    res = np.clip(res, 0, 255).astype(np.uint8)
+    back = cv2.imread(str(lio.write_image_atomic(tmp_path / "o.png", res, img)), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (4, 5, 4)
+    assert (back[..., 0] == back[..., 1]).all() and (back[..., 1] == back[..., 2]).all()
+    np.testing.assert_array_equal(back[..., 3], la[:, :, 1])
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_jpeg_matches_opencv(tmp_path, orientation):
     bgr = np.zeros((24, 40, 3), np.uint8)
