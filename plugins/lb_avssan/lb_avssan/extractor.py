@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from lb_avssan.checkpoint import SANConfig
 from lb_avssan.model import ITNCPM, NUM_POINTS
-
 from lbcore import ExtractorOutput, Faces
 from lbcore.extractor import HeatmapExtractor, affine_crop, apply_affine
 from lbcore.schemes import WFLW98
