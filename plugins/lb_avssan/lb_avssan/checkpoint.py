@@ -58,7 +58,7 @@ def _number(obj: Any, name: str, default: Any, lo: float, hi: float, path: str) 
     value = getattr(obj, name, None) if obj is not None else None
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (lo <= value <= hi):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (lo <= float(value) <= hi):
         raise WeightsError(f"{path}: implausible {name}={value!r} in the checkpoint's args")
     return value
 
