@@ -63,6 +63,8 @@ class HRNetExtractor(HeatmapExtractor):
     """
 
     input_size = (256, 256)
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, network: HighResolutionNet, truncate: bool = False, scheme: LandmarkScheme | None = None) -> None:
         super().__init__()

@@ -98,7 +98,7 @@ class HighResolutionModule(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(*[BasicBlock(c, c) for _ in range(num_blocks)]) for c in channels
         )
-        self.fuse_layers = self._make_fuse_layers(channels) if self.num_branches > 1 else None
+        self.fuse_layers: nn.ModuleList | None = self._make_fuse_layers(channels) if self.num_branches > 1 else None
         self.relu = nn.ReLU(inplace=True)
 
     @staticmethod
@@ -111,7 +111,7 @@ class HighResolutionModule(nn.Module):
                 if j > i:
                     row.append(nn.Sequential(nn.Conv2d(channels[j], channels[i], 1, 1, 0, bias=False), _bn(channels[i])))
                 elif j == i:
-                    row.append(None)
+                    row.append(None)  # type: ignore[arg-type]  # identity; keeps the key indices
                 else:
                     steps: list[nn.Module] = []
                     for k in range(i - j):
@@ -129,6 +129,7 @@ class HighResolutionModule(nn.Module):
             return xs
         fused = []
         for i, row in enumerate(self.fuse_layers):
+            assert isinstance(row, nn.ModuleList)
             # Sum in the original's order (branch 0 first) so float results match it closely.
             y = xs[0] if i == 0 else row[0](xs[0])
             for j in range(1, self.num_branches):
@@ -151,7 +152,7 @@ def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
             if c != prev[i]:
                 layers.append(nn.Sequential(_conv3x3(prev[i], c), _bn(c), nn.ReLU(inplace=True)))
             else:
-                layers.append(None)
+                layers.append(None)  # type: ignore[arg-type]  # unchanged branch, no keys
         else:
             steps = []
             for k in range(i + 1 - len(prev)):
