@@ -54,6 +54,22 @@ def haar(min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5,
                         min_neighbors=min_neighbors, cascade=name)
 
 
+def dlib_hog(upsample: int = 1, threshold: float = 0.0) -> Any:
+    """dlib's HOG frontal face detector (dlib-bin wheel, offline); accurate, few false alarms."""
+    from lbcore.detectors import DlibHogDetector
+
+    return DlibHogDetector(upsample=upsample, threshold=threshold)
+
+
+def auto_detector() -> Any:
+    """The best installed detector: dlib-hog when dlib is installed, else the Haar cascade."""
+    import importlib.util
+
+    if importlib.util.find_spec("dlib") is not None:
+        return dlib_hog()
+    return haar(min_neighbors=8, cascade="alt2")
+
+
 @hookimpl
 def register_losses(register: Register) -> None:
     register("heatmap-cosine", heatmap_cosine)
@@ -70,3 +86,5 @@ def register_optimizers(register: Register) -> None:
 @hookimpl
 def register_detectors(register: Register) -> None:
     register("haar", haar)
+    register("dlib-hog", dlib_hog)
+    register("auto", auto_detector)

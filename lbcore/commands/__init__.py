@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights", "train", "synth"]
+_MODULES = ["list", "attack", "weights", "train", "synth", "protect"]
 
 
 def install(group: click.Group) -> None:
