@@ -153,7 +153,8 @@ class _Run:
         else:
             assert self.detector is not None
             found = [[float(v) for v in b[:4]] for b in self.detector(rgb)]
-        keep, small = [], []
+        keep: list[list[float]] = []
+        small: list[list[float]] = []
         for b in found:
             side = min(b[2] - b[0], b[3] - b[1])
             (keep if side >= self.o.min_face else small).append(b)
