@@ -24,6 +24,13 @@ def _conv3x3(in_planes: int, out_planes: int) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
 
 
+def _child(parent: nn.Module, name: str) -> nn.Module:
+    """A named submodule (the original addresses its layers by generated names)."""
+    module = parent._modules[name]
+    assert module is not None
+    return module
+
+
 class ConvBlock(nn.Module):
     """Pre-activation block whose output concatenates three successive 3x3 convolutions.
 
@@ -93,10 +100,10 @@ class HourGlass(nn.Module):
         self.add_module(f"b3_{level}", ConvBlock(features, features))
 
     def _forward(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        up1 = self._modules[f"b1_{level}"](x)
-        low = self._modules[f"b2_{level}"](F.avg_pool2d(x, 2, stride=2))
-        low = self._forward(level - 1, low) if level > 1 else self._modules[f"b2_plus_{level}"](low)
-        low = self._modules[f"b3_{level}"](low)
+        up1 = _child(self, f"b1_{level}")(x)
+        low = _child(self, f"b2_{level}")(F.avg_pool2d(x, 2, stride=2))
+        low = self._forward(level - 1, low) if level > 1 else _child(self, f"b2_plus_{level}")(low)
+        low = _child(self, f"b3_{level}")(low)
         return up1 + F.interpolate(low, scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +160,10 @@ class FAN(nn.Module):
         previous = x
         outputs: list[torch.Tensor] = []
         for i in range(self.num_modules):
-            ll = self._modules[f"top_m_{i}"](self._modules[f"m{i}"](previous))
-            ll = F.relu(self._modules[f"bn_end{i}"](self._modules[f"conv_last{i}"](ll)))
-            heatmaps = self._modules[f"l{i}"](ll)
+            ll = _child(self, f"top_m_{i}")(_child(self, f"m{i}")(previous))
+            ll = F.relu(_child(self, f"bn_end{i}")(_child(self, f"conv_last{i}")(ll)))
+            heatmaps = _child(self, f"l{i}")(ll)
             outputs.append(heatmaps)
             if i < self.num_modules - 1:
-                previous = previous + self._modules[f"bl{i}"](ll) + self._modules[f"al{i}"](heatmaps)
+                previous = previous + _child(self, f"bl{i}")(ll) + _child(self, f"al{i}")(heatmaps)
         return outputs
