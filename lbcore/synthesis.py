@@ -285,16 +285,17 @@ def face_mask(landmarks: Any, m: np.ndarray, size: int, erode: float = 0.03, fea
     import cv2
 
     pts = _apply(_invert(m), to_ibug68(landmarks))
-    mask = np.zeros((size, size), dtype=np.uint8)
+    hull_img = np.zeros((size, size), dtype=np.uint8)
     hull = cv2.convexHull(np.round(pts).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 255)
+    cv2.fillConvexPoly(hull_img, hull, 255)
     r = int(round(erode * size))
     if r > 0:
-        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    out = mask.astype(np.float32) / 255.0
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        hull_img = np.asarray(cv2.erode(hull_img, kernel))
+    out = hull_img.astype(np.float32) / 255.0
     sigma = feather * size
     if sigma > 0:
-        out = cv2.GaussianBlur(out, (0, 0), sigma)
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), sigma), dtype=np.float32)
     return np.clip(out, 0.0, 1.0)
 
 
@@ -411,8 +412,8 @@ def random_warp_pair(face: np.ndarray, rng: np.random.Generator, rotation: float
     target = cv2.warpAffine(face, mat, (s, s), borderMode=cv2.BORDER_REPLICATE)
     if rng.uniform() < flip:
         target = np.ascontiguousarray(target[:, ::-1])
-    offsets = rng.normal(0.0, warp * s, size=(grid, grid, 2)).astype(np.float32)
-    offsets = cv2.resize(offsets, (s, s), interpolation=cv2.INTER_CUBIC)
+    coarse = rng.normal(0.0, warp * s, size=(grid, grid, 2)).astype(np.float32)
+    offsets = np.asarray(cv2.resize(coarse, (s, s), interpolation=cv2.INTER_CUBIC))
     ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
     warped = cv2.remap(target, xs + offsets[..., 0], ys + offsets[..., 1], cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REPLICATE)

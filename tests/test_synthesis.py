@@ -298,3 +298,49 @@ def test_train_save_and_synthesize_on_device(device: str, subjects, tmp_path: Pa
     # Weights trained on the device reload on the CPU and give (nearly) the same face.
     cpu_fake, _ = FaceSwapper.load(tmp_path / "w", device="cpu").synthesize(img, lm)
     assert np.abs(fake.astype(int) - cpu_fake.astype(int)).max() <= 2
+
+
+class _TemplateInBox:
+    """Stand-in extractor for the CLI test: the mean face stretched over each face box."""
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def predict(self, images, faces):
+        import torch
+
+        unit = torch.tensor(MEAN_FACE_68, dtype=torch.float32)
+        b = faces.boxes.float()
+        return b[:, None, :2] + unit[None] * (b[:, None, 2:] - b[:, None, :2])
+
+
+class _StubPlugin:
+    from lbcore import hookimpl
+
+    @hookimpl
+    def register_extractors(self, register) -> None:
+        register("template-in-box", lambda: _TemplateInBox())
+
+
+def test_cli_synth_train_with_extractor_on_video_and_photos(shared: Path, tmp_path: Path, fresh_pm) -> None:
+    from click.testing import CliRunner
+
+    from lbcore.cli import cli
+
+    fresh_pm.add_plugin(_StubPlugin(), name="synth-test-stub")
+    photos = tmp_path / "b"
+    photos.mkdir()
+    (photos / "obama-240p.jpg").symlink_to(shared / "data" / "photos" / "obama-240p.jpg")
+    out = tmp_path / "swap"
+    args = ["synth", "train", "--a", str(shared / "data" / "video" / "short_hamilton_clip.mp4"),
+            "--b", str(photos), "--landmarks", "template-in-box", "--detector", "haar",
+            "--every", "50", "--max-frames", "300", "--out", str(out), "--steps", "2",
+            "--width", "4", "--bottleneck", "32", "--batch-size", "2", "--device", "cpu"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 1 <= summary["faces_a"] <= 6 and summary["faces_b"] == 1
+    assert FaceSwapper.load(out).config["landmarks"] == "template-in-box"
