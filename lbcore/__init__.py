@@ -44,6 +44,9 @@ _LAZY = {
     "PluginManager": "lbcore.plugins",
     "get_plugin_manager": "lbcore.plugins",
     "parse_spec": "lbcore.spec",
+    # end-user path
+    "protect": "lbcore.protect",
+    "ProtectOptions": "lbcore.protect",
     # weights
     "WeightsFile": "lbcore.weights",
     "resolve_weights": "lbcore.weights",

@@ -73,25 +73,44 @@ class ProtectOptions:
         return {k: d[k] for k in keep}
 
 
-def default_extractor_specs(pm: Any = None) -> tuple[list[str], list[str]]:
-    """Every installed extractor whose default weights can be found (published or demo).
+def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Every installed extractor whose default weights can be found.
 
-    Returns ``(usable, notes)``; ``notes`` say why an extractor was left out.
+    Demonstration models (registered with ``demo=True``) are used only when no extractor with
+    real (published or user-given) weights is usable: published checkpoints take over.
+
+    Returns ``(usable, notes)``: the built extractors by name, and why others were left out.
     """
     from lbcore.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    usable, notes = [], []
-    for name in pm.components("extractors"):
+    comps = pm.components("extractors")
+    real = [n for n, c in comps.items() if not c.metadata.get("demo")]
+    demo = [n for n, c in comps.items() if c.metadata.get("demo")]
+    usable, notes = _usable(pm, real)
+    if not usable:
+        usable, more = _usable(pm, demo)
+        notes += more
+        if usable:
+            notes.append(f"using the demonstration model(s) {', '.join(usable)}: no published weights found "
+                         "(see `lb weights list`)")
+    elif demo:
+        notes.append(f"demonstration model(s) {', '.join(demo)} not used: published weights take over")
+    return usable, notes
+
+
+def _usable(pm: Any, names: list[str]) -> tuple[dict[str, Any], list[str]]:
+    usable: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in names:
         try:
-            pm.build("extractors", name)
+            usable[name] = pm.build("extractors", name)
         except LBError as err:
             notes.append(f"{name}: not used ({err})")
             continue
         except Exception as err:  # a plugin bug must not stop the others
             notes.append(f"{name}: not used ({type(err).__name__}: {err})")
             continue
-        usable.append(name)
     return usable, notes
 
 
@@ -112,17 +131,18 @@ class _Run:
         self.pm = get_plugin_manager()
         self.notes: list[str] = []
         self.log = progress or (lambda s: None)
-        specs = list(options.extractors)
-        if not specs:
-            specs, notes = default_extractor_specs(self.pm)
+        if options.extractors:
+            self.attacked = {s: self.pm.build("extractors", s) for s in options.extractors}
+        else:
+            self.attacked, notes = default_extractor_specs(self.pm)
             self.notes += notes
-            if not specs:
+            if not self.attacked:
                 raise LBError("no usable landmark extractor: install a plugin (lb-fan, lb-hrnet, lb-avssan) "
                               "and its weights (see `lb weights list`)")
+        specs = list(self.attacked)
         if options.strength not in STRENGTHS:
             raise SpecError(f"unknown strength {options.strength!r} (valid: {', '.join(STRENGTHS)})")
         self.device = resolve_device(options.device)
-        self.attacked = {s: self.pm.build("extractors", s) for s in specs}
         self.held = {s: self.pm.build("extractors", s) for s in options.held_out}
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()

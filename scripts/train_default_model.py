@@ -1,23 +1,25 @@
-"""Recipe of the embedded demonstration FAN (``fan`` with no published weights present).
+"""Recipe of the embedded demonstration FAN (the ``fan-demo`` extractor).
 
 No FAN trained on WFLW was ever published, and published checkpoints cannot be downloaded on
 an offline machine, so the project ships a *small demonstration model* it trains itself:
 
-* **Data** - only faces that ship inside package-registry wheels: scikit-image's
+* **Data** - only faces that ship inside package-registry packages: scikit-image's
   ``astronaut`` (public domain) and the 100 face crops of ``lfw_subset`` (LFW, 25x25, upscaled
-  8x), and matplotlib's ``grace_hopper.jpg`` sample (``pip install --no-deps matplotlib``; only
-  the file is read). The human-annotated faces in ``../shared/data/faces68`` are **never**
-  trained on: they are the held-out test.
+  8x); matplotlib's ``grace_hopper.jpg`` sample; the test photos inside the PyPI source
+  distributions of ``face_recognition`` 1.3.0 (``tests/test_images``) and ``insightface`` 2.1
+  (``insightface/data/images``), fetched with ``pip download --no-binary :all:``. The
+  human-annotated faces in ``../shared/data/faces68`` are **never** trained on: they are the
+  held-out test.
 * **Labels** - pseudo labels from dlib's 68-point shape predictor (``pip install
-  'lbcore[teacher]'``): detector boxes where dlib finds a face, else the crop's own frame.
-* **Training** - :func:`lbcore.training.train` (the machinery of ``lb train``), FAN with one
-  hourglass at width 32 and 68 points, Adam, heavy augmentation, fixed seed.
+  'lbcore[teacher]'``) on dlib's HOG detections (LFW crops: the crop's own frame).
+* **Training** - :func:`lbcore.training.train` (the machinery of ``lb train``): FAN with one
+  hourglass, width 32, 68 points, 128 px crops, Adam, heavy augmentation, fixed seed.
 * **Output** - a float16 plain state dict (the 2D-FAN release layout) and a JSON sidecar with
   the recipe and the measured NME on the training faces and on faces68.
 
 Usage::
 
-    python scripts/train_default_model.py --out plugins/lb_fan/lb_fan/data/fan-demo-w32-68.pth
+    python scripts/train_default_model.py --out plugins/lb_fan/lb_fan/data/fan-demo.pth
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -33,10 +37,38 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = "fan:modules=1,landmarks=68,width=32"
+SPEC = "fan:modules=1,landmarks=68,width=32,resolution=128"
+SDISTS = {
+    "face_recognition==1.3.0": ("tests/test_images/", ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")),
+    "insightface==2.1": ("insightface/data/images/", ("t1.jpg", "Tom_Hanks_54745.png")),
+}
 
 
-def packaged_faces() -> list[tuple[str, np.ndarray, list[list[float]] | None]]:
+def sdist_photos(cache: Path) -> list[tuple[str, np.ndarray]]:
+    """Photos inside registry source distributions (downloaded once into ``cache``)."""
+    import cv2
+
+    out = []
+    for req, (folder, names) in SDISTS.items():
+        name, _, version = req.partition("==")
+        dest = cache / name
+        archives = sorted(dest.glob("*.tar.gz")) if dest.is_dir() else []
+        if not archives:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                            req, "-d", str(dest)], check=True)
+            archives = sorted(dest.glob("*.tar.gz"))
+        with tarfile.open(archives[0]) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and "/" + folder in "/" + member.name and member.name.rsplit("/", 1)[-1] in names:
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    buf = np.frombuffer(f.read(), dtype=np.uint8)
+                    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                    out.append((f"pypi:{req}:{member.name.rsplit('/', 1)[-1]}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    return out
+
+
+def packaged_faces(cache: Path) -> list[tuple[str, np.ndarray, list[list[float]] | None]]:
     """``(name, rgb, boxes or None for detection)`` of the faces shipped by registry packages."""
     import cv2
     import skimage.data
@@ -49,6 +81,7 @@ def packaged_faces() -> list[tuple[str, np.ndarray, list[list[float]] | None]]:
         sys.exit("the recipe needs matplotlib's sample photo: pip install --no-deps matplotlib")
     hopper = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
     out.append(("matplotlib:grace_hopper", cv2.cvtColor(cv2.imread(str(hopper)), cv2.COLOR_BGR2RGB), None))
+    out += [(name, rgb, None) for name, rgb in sdist_photos(cache)]
     lfw = skimage.data.lfw_subset()[:100]  # the first 100 are faces, the rest non-faces
     for i, face in enumerate(lfw):
         big = cv2.resize((face * 255).astype(np.uint8), (200, 200), interpolation=cv2.INTER_CUBIC)
@@ -66,7 +99,8 @@ def faces68(shared: Path) -> list[object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "plugins/lb_fan/lb_fan/data/fan-demo-w32-68.pth"))
+    ap.add_argument("--out", default=str(ROOT / "plugins/lb_fan/lb_fan/data/fan-demo.pth"))
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "landmark-breaker" / "recipe"))
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--steps-per-epoch", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -89,16 +123,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     label = dlib_teacher()
     labelled = []
-    for name, rgb, boxes in packaged_faces():
+    for name, rgb, boxes in packaged_faces(Path(args.cache)):
         got = pseudo_label([(name, rgb)], lambda im, b=boxes: label(im, b))
-        if boxes is None and got:  # one person per photo: keep dlib's largest detection
-            got = [max(got, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))]
-        labelled.extend(got)
+        labelled.extend(got)  # every face dlib finds (group photos give several)
     print(f"{len(labelled)} pseudo-labelled faces from packaged photos", file=sys.stderr)
     samples = prepare_samples(labelled)
     extractor = get_plugin_manager().build("extractors", SPEC + ",weights=none")
     recipe = PAPER_RECIPES["generic"].replace(
-        lr=1e-3, sigma=1.5, batch_size=8, epochs=args.epochs,
+        lr=1e-3, sigma=1.0, batch_size=8, epochs=args.epochs,
         milestones=(int(args.epochs * 0.7),), gamma=0.2,
         augment=Augment(scale=0.25, rotation=30.0, translation=0.08, flip=0.5, colour=0.4,
                         grey=0.3, blur=0.3, noise=4.0),
@@ -114,7 +146,7 @@ def main() -> None:
     report = {
         "spec": SPEC, "seed": args.seed, "recipe": recipe.describe(), "train_minutes": round(minutes, 1),
         "training_faces": [str(f.image_path) for f in labelled], "labels": "dlib 68-point pseudo labels",
-        "nme_training_faces": round(train_nme, 4),
+        "nme_training_faces": round(train_nme, 4), "n_training_faces": len(labelled),
     }
     shared = Path(args.shared)
     if (shared / "data" / "faces68").is_dir():

@@ -173,6 +173,9 @@ class FANExtractor(HeatmapExtractor):
         truncate: decode to integers like the original.
         normalise: ``"unit"`` (RGB / 255, face-alignment) or ``"symmetric"`` (mean 0.5 /
             std 0.5, pyhowfar).
+        resolution: side of the network's input crop (256 for every published FAN; the
+            project's demonstration model uses 128, giving 32x32 heat-maps). The crop rule is
+            the same, only sampled more coarsely.
 
     The network is ``self.net`` (a :class:`~lb_fan.model.FAN`); checkpoints load into it.
     """
@@ -187,8 +190,12 @@ class FANExtractor(HeatmapExtractor):
         all_stacks: bool = False,
         truncate: bool = False,
         normalise: Normalise = "unit",
+        resolution: int = INPUT_RESOLUTION,
     ) -> None:
         super().__init__()
+        if resolution < 64 or resolution % 16:
+            raise SpecError(f"fan: resolution={resolution} must be a multiple of 16, at least 64")
+        self.input_size = (resolution, resolution)
         if normalise not in ("unit", "symmetric"):
             raise SpecError(f"fan: normalise={normalise!r} is not one of unit, symmetric")
         self.scheme = scheme_for(num_landmarks)

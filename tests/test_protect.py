@@ -1,0 +1,200 @@
+"""``lb protect`` end to end, as a user runs it, on real photos and a real video clip."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LB = [sys.executable, "-m", "lbcore"]
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([*LB, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
+    if check and out.returncode != 0:
+        raise AssertionError(f"lb {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory, shared):
+    """One protect run over a folder of real photos, a made two-face photo, a face-less image
+    and a broken file, with the default extractors (the project's demonstration FAN)."""
+    import cv2
+    import skimage.data
+
+    src = tmp_path_factory.mktemp("inputs")
+    shutil.copy(shared / "data" / "photos" / "obama.jpg", src / "obama.jpg")
+    (src / "sub").mkdir()
+    shutil.copy(shared / "data" / "photos" / "two_people.jpg", src / "sub" / "two_people.jpg")
+    astro = skimage.data.astronaut()
+    two = np.concatenate([astro, cv2.flip(astro, 1)], axis=1)
+    _write_png(src / "two_astronauts.png", two)
+    yy, xx = np.mgrid[0:120, 0:160]
+    _write_png(src / "gradient.png", np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    before = {p: _digest(p) for p in src.rglob("*") if p.is_file()}
+    out = tmp_path_factory.mktemp("out") / "protected"
+    res = _run("protect", src, "-o", out, "--preview", check=False)
+    report = json.loads((out / "report.json").read_text())
+    return src, out, res, report, before
+
+
+def _file(report, name):
+    return next(r for r in report["files"] if r["input"].endswith(name))
+
+
+def test_exit_code_and_error_reported(photo_run):
+    _, _, res, report, _ = photo_run
+    assert res.returncode == 1, res.stderr  # one input failed, the batch went on
+    bad = _file(report, "broken.jpg")
+    assert bad["status"] == "error" and "broken.jpg" in bad["error"]
+    assert "broken.jpg" in res.stdout
+
+
+def test_inputs_untouched_outputs_mirrored(photo_run):
+    src, out, _, _, before = photo_run
+    assert {p: _digest(p) for p in before} == before
+    assert (out / "obama.png").is_file()
+    assert (out / "sub" / "two_people.png").is_file()
+    assert not any(p.name.startswith(".lbtmp") for p in out.rglob("*"))
+
+
+def test_whitebox_nme_and_quality(photo_run):
+    """The paper's LB at eps=15 breaks the project's own model and keeps SSIM_I high."""
+    _, out, _, report, _ = photo_run
+    faces = [f for r in report["files"] if r["status"] == "protected" for f in r["faces"]]
+    assert len(faces) >= 4  # obama, two people, two astronauts
+    nmes = [e["nme"] for f in faces for e in f["extractors"].values() if e["attacked"]]
+    ssims = [f["ssim"] for f in faces]
+    assert float(np.mean(nmes)) > 0.5, nmes
+    assert min(ssims) > 0.8, ssims
+    assert report["settings"]["eps"] == 15.0 and report["settings"]["steps"] == 20
+    for f in faces:
+        for e in f["extractors"].values():
+            assert set(e["after_compression"]) == {"jpeg:quality=75", "jpeg:quality=50", "c2"}
+
+
+def test_budget_holds_on_written_files(photo_run):
+    import cv2
+
+    src, out, _, _, _ = photo_run
+    a = cv2.imread(str(src / "obama.jpg")).astype(int)
+    b = cv2.imread(str(out / "obama.png")).astype(int)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 15
+    assert np.abs(a - b).max() >= 5
+
+
+def test_multi_face_photo(photo_run):
+    _, _, _, report, _ = photo_run
+    assert len(_file(report, "two_astronauts.png")["faces"]) == 2
+    assert len(_file(report, "two_people.jpg")["faces"]) == 2
+
+
+def test_faceless_image_passes_through_unchanged(photo_run):
+    import cv2
+
+    src, out, _, report, _ = photo_run
+    rec = _file(report, "gradient.png")
+    assert rec["status"] == "unchanged"
+    assert np.array_equal(cv2.imread(str(src / "gradient.png")), cv2.imread(str(out / "gradient.png")))
+
+
+def test_preview_written(photo_run):
+    import cv2
+
+    _, out, _, report, _ = photo_run
+    prev = Path(_file(report, "obama.jpg")["preview"])
+    img = cv2.imread(str(prev))
+    src = cv2.imread(str(out / "obama.png"))
+    assert img.shape == (src.shape[0], 2 * src.shape[1], 3)
+
+
+def test_rerun_resumes_and_force_redoes(photo_run):
+    src, out, _, _, _ = photo_run
+    target = out / "obama.png"
+    mtime = target.stat().st_mtime_ns
+    res = _run("protect", src / "obama.jpg", "-o", out, "--json")
+    rep = json.loads(res.stdout)
+    assert rep["files"][0]["status"] == "done earlier"
+    assert rep["files"][0]["faces"]  # the earlier report is carried over
+    assert target.stat().st_mtime_ns == mtime
+    res = _run("protect", src / "obama.jpg", "-o", out, "--json", "--force", "--steps", "2",
+               "--no-compression-check")
+    assert json.loads(res.stdout)["files"][0]["status"] == "protected"
+    assert target.stat().st_mtime_ns != mtime
+
+
+def test_output_inside_input_refused(photo_run):
+    src, _, _, _, _ = photo_run
+    res = _run("protect", src, "-o", src / "out", check=False)
+    assert res.returncode == 2
+    assert "must not be (inside) the input folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_python_api(tmp_path, shared):
+    import lbcore
+
+    report = lbcore.protect([shared / "data" / "photos" / "obama-240p.jpg"], tmp_path / "o",
+                            steps=3, check_compression=False, min_face=20)
+    assert report["files"][0]["status"] == "protected"
+    assert (tmp_path / "o" / "obama-240p.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, shared):
+    """The first 6 frames of the shared clip, with its audio, as an MP4."""
+    from lbcore.io import VideoWriter, iter_video_frames, probe_video
+
+    src = shared / "data" / "video" / "short_hamilton_clip.mp4"
+    info = probe_video(src)
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    with VideoWriter(path, info.fps, codec="h264", crf=12, audio_from=src) as w:
+        for i, frame in enumerate(iter_video_frames(src)):
+            if i >= 6:
+                break
+            w.write(frame)
+    return path
+
+
+def test_video_keeps_frames_fps_audio(clip, tmp_path):
+    from lbcore.io import iter_video_frames, probe_video
+
+    before = _digest(clip)
+    out = tmp_path / "o"
+    res = _run("protect", clip, "-o", out, "--steps", "3", "--batch-size", "4", "--json")
+    rep = json.loads(res.stdout)["files"][0]
+    produced = out / "clip.mkv"
+    a, b = probe_video(clip), probe_video(produced)
+    assert b.frame_count == a.frame_count == rep["frames"] == 6
+    assert b.fps == a.fps
+    assert b.has_audio and rep["audio"] == "copied"
+    assert _digest(clip) == before
+    frames_in = list(iter_video_frames(clip))
+    frames_out = list(iter_video_frames(produced))
+    diffs = [np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(frames_in, frames_out, strict=True)]
+    if rep["faces_protected"]:
+        assert max(diffs) > 0 and max(diffs) <= 15
+    else:
+        assert max(diffs) == 0
