@@ -97,7 +97,7 @@ def _video_frames(src: Path, chunk: int) -> Iterator[Any]:
 def _degrade_video(src: Path, dst: Path, stages: list[Any], chunk: int) -> int:
     """Stream a video through the stages into ``dst`` (FFV1 + copied audio). Returns frames."""
     from lb_codecs.backends import require_av
-    from lb_codecs.video import VideoCodec, as_rate
+    from lb_codecs.video import VideoCodec, as_rate, encoder_frame
 
     av = require_av()
     try:
@@ -140,9 +140,7 @@ def _degrade_video(src: Path, dst: Path, stages: list[Any], chunk: int) -> int:
             for chunk_frames in _chain_first(first, frames):
                 for frame in chunk_frames:
                     mux_audio_until(float(count / rate))
-                    vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                    vf.pts = count
-                    out.mux(vout.encode(vf))
+                    out.mux(vout.encode(encoder_frame(av, frame, "bgr0", count, rate)))
                     count += 1
             out.mux(vout.encode(None))
             mux_audio_until(None)

@@ -14,7 +14,9 @@ Defaults, chosen to match the paper's tools and to be reproducible:
 * ``C2`` - the C video decoded and re-encoded with libx264 at FFmpeg's defaults:
   ``crf = 23``, ``preset = medium``, yuv420p.
 
-Every encoder runs single-threaded, so the same frames always give the same bytes. Frames of
+Every encoder runs single-threaded. MPEG-4 (so C) and FFV1 then give the same bytes for the
+same frames; libx264 nearly always does, but not always within one long-lived process (see
+:func:`encoder_frame`), so compare H.264 results with a tolerance. Frames of
 odd width or height are padded to even by repeating the last column/row (4:2:0 needs even
 sizes) and cropped back after decoding.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "VideoCodec",
     "codec_chain",
     "encode_chunks",
+    "encoder_frame",
     "iter_decoded",
     "stream_roundtrip",
     "video_roundtrip",
@@ -190,6 +193,23 @@ def _as_chunk(chunk: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return arr
 
 
+def encoder_frame(av: Any, rgb: np.ndarray, pix_fmt: str, pts: int, rate: Fraction) -> Any:
+    """A PyAV frame of ``rgb`` converted to the encoder's pixel format, with ``pts`` and
+    ``time_base`` set.
+
+    Both details matter for reproducibility: with the time base left unset, or the pixel
+    conversion left to PyAV's encoder, libx264 often gave different bytes for the same frames
+    from run to run (PyAV 18). Even so, libx264 inside one long-lived process is not always
+    bit-exact (a few runs in a dozen differ by a few grey levels); MPEG-4 and FFV1 are.
+    """
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    if pix_fmt != "rgb24":
+        vf = vf.reformat(format=pix_fmt)
+    vf.pts = pts
+    vf.time_base = 1 / rate
+    return vf
+
+
 def encode_chunks(
     chunks: Iterable[np.ndarray], path: str | os.PathLike[str], codec: VideoCodec, fps: float | Fraction
 ) -> tuple[int, tuple[int, int]]:
@@ -219,9 +239,7 @@ def encode_chunks(
             for frame in arr:
                 if codec.needs_even:
                     frame = _pad_even(frame)
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                vf.pts = count
-                out.mux(stream.encode(vf))
+                out.mux(stream.encode(encoder_frame(av, frame, codec.pix_fmt, count, rate)))
                 count += 1
         if stream is not None:
             out.mux(stream.encode(None))

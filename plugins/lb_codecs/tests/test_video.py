@@ -24,6 +24,11 @@ def _mean_psnr(a, b) -> float:
     return float(np.mean([psnr(x, y) for x, y in zip(a, b, strict=True)]))
 
 
+def _close(a, b, tol: float = 2.0) -> bool:
+    """Equal up to libx264's rare run-to-run differences (mean absolute difference in grey levels)."""
+    return all(np.abs(x.astype(np.int16) - y).mean() < tol for x, y in zip(a, b, strict=True))
+
+
 def _assert_same_frames_in_order(original: np.ndarray, decoded: list[np.ndarray]) -> None:
     assert len(decoded) == len(original)
     for i, frame in enumerate(decoded):
@@ -62,16 +67,23 @@ def test_c2_is_c_then_h264_and_differs_from_c(moving_clip):
     c2 = video_roundtrip(moving_clip, "c2")
     assert any(not np.array_equal(a, b) for a, b in zip(c, c2, strict=True))
     again = video_roundtrip(np.stack(c), "h264", crf=23, preset="medium")
-    assert all(np.array_equal(a, b) for a, b in zip(c2, again, strict=True))
+    assert _close(c2, again)
+    assert not _close(c, c2, tol=0.3)
     # the second, lossy encode costs quality relative to C
     assert _mean_psnr(moving_clip, c2) < _mean_psnr(moving_clip, c)
 
 
-@pytest.mark.parametrize("codec", ["c", "h264"])
+@pytest.mark.parametrize("codec", ["c", "mpeg4", "ffv1"])
 def test_deterministic(moving_clip, codec):
     a = video_roundtrip(moving_clip, codec)
     b = video_roundtrip(moving_clip, codec)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_h264_repeatable_up_to_small_differences(moving_clip):
+    a = video_roundtrip(moving_clip, "h264")
+    b = video_roundtrip(moving_clip, "h264")
+    assert _close(a, b)
 
 
 def test_streaming_in_chunks_equals_one_chunk(moving_clip):
@@ -79,7 +91,9 @@ def test_streaming_in_chunks_equals_one_chunk(moving_clip):
     chunks = [moving_clip[i:i + 5] for i in range(0, len(moving_clip), 5)]
     parts = list(stream_roundtrip(iter(chunks), codec_chain("c2"), 30, chunk=4))
     assert [len(p) for p in parts] == [4, 4, 4]
-    assert np.array_equal(np.concatenate(parts), whole)
+    assert _close(np.concatenate(parts), whole)
+    c_parts = np.concatenate(list(stream_roundtrip(iter(chunks), codec_chain("c"), 30, chunk=4)))
+    assert np.array_equal(c_parts, np.concatenate(list(stream_roundtrip([moving_clip], codec_chain("c"), 30))))
 
 
 def test_frame_rate_is_written(tmp_path, moving_clip):
@@ -112,12 +126,14 @@ def test_video_stage_on_tensors_and_straight_through(codecs_pm, moving_clip):
     y = real(x)
     assert y.shape == x.shape and y.dtype == torch.float32
     ref = np.stack(video_roundtrip(moving_clip, "c2"))
-    assert torch.equal(y, torch.from_numpy(ref).permute(0, 3, 1, 2).float())
+    assert _close(y.permute(0, 2, 3, 1).numpy().astype(np.uint8), ref)
+    c = codecs_pm.build_degradation("c")(x)
+    assert torch.equal(c, torch.from_numpy(np.stack(video_roundtrip(moving_clip, "c"))).permute(0, 3, 1, 2).float())
 
     st = codecs_pm.build_degradation("st-c2")
     xg = x.clone().requires_grad_(True)
     z = st(xg)
-    assert torch.equal(z.detach(), y)  # the real codec forward
+    assert _close(z.detach().permute(0, 2, 3, 1).numpy().astype(np.uint8), ref)  # the real codec forward
     w = torch.randn_like(x)
     (g,) = torch.autograd.grad((z * w).sum(), xg)
     assert torch.equal(g, w)  # identity backward
