@@ -73,9 +73,12 @@ def _env_list(var: str) -> set[str] | None:
 class PluginManager:
     """The one place that knows pluggy. Use :func:`get_plugin_manager` for the shared one."""
 
+    #: The hook specifications (a module or class); a subclass may add hooks or arguments.
+    hookspecs: Any = hookspecs
+
     def __init__(self, *, load_entry_points: bool = True, builtin: bool = True) -> None:
         self._pm = pluggy.PluginManager("lbcore")
-        self._pm.add_hookspecs(hookspecs)
+        self._pm.add_hookspecs(self.hookspecs)
         self.registry: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
         self.distributions: dict[str, Distribution] = {}
         self.failures: list[tuple[str, str]] = []
@@ -125,6 +128,15 @@ class PluginManager:
     def add_plugin(self, plugin: Any, *, name: str, distribution: str | None = None, version: str = "0") -> None:
         """Register a plugin object (module or instance with hook implementations)."""
         dist = distribution or name
+        wanted = getattr(plugin, "LB_HOOK_API", None)
+        if wanted is not None:
+            from lbcore import HOOK_API_VERSION
+
+            if not isinstance(wanted, int) or wanted > HOOK_API_VERSION:
+                self._fail(dist, PluginLoadError(
+                    f"needs hook API {wanted!r}, this lbcore provides {HOOK_API_VERSION} (upgrade lbcore)"),
+                    "register")
+                return
         try:
             self._pm.register(plugin, name=name)
             self._pm.check_pending()
@@ -145,13 +157,11 @@ class PluginManager:
                 self._collect_from(name)
 
     def _collect_from(self, plugin_name: str) -> None:
-        plugin = self._pm.get_plugin(plugin_name)
         dist = self.distributions[plugin_name]
         staged: list[Component] = []
         try:
             for kind in KINDS:
-                impl = getattr(plugin, f"register_{kind}", None)
-                if impl is None:
+                if self._hookimpl(plugin_name, f"register_{kind}") is None:
                     continue
 
                 def register(name: str, factory: Callable[..., Any], _kind: str = kind, **metadata: Any) -> None:
@@ -161,7 +171,7 @@ class PluginManager:
                         raise RegistryError(f"{_kind[:-1]} {name!r}: factory is not callable")
                     staged.append(Component(name, _kind, factory, dist.name, dict(metadata)))
 
-                impl(register=register)
+                self._call_hook(plugin_name, f"register_{kind}", self.hook_arguments(kind, register))
         except Exception as err:
             self._fail(dist.name, err, "register its components")
             return
@@ -222,18 +232,39 @@ class PluginManager:
         ]
 
     def register_commands(self, cli: Any) -> None:
-        for name, plugin in self._pm.list_name_plugin():
-            impl = getattr(plugin, "register_commands", None)
-            if impl is None:
+        for name, _plugin in self._pm.list_name_plugin():
+            if self._hookimpl(name, "register_commands") is None:
                 continue
             dist = self.distributions.get(name)
             try:
-                impl(cli=cli)
+                self._call_hook(name, "register_commands", {"cli": cli})
             except Exception as err:
                 self._fail(dist.name if dist else name, err, "register its commands")
 
     def hook_names(self) -> Iterable[str]:
-        return [n for n in dir(hookspecs) if n.startswith("register_")]
+        return [n for n in dir(self.hookspecs) if n.startswith("register_")]
+
+    # -- calling hooks -----------------------------------------------------------------
+    def hook_arguments(self, kind: str, register: Callable[..., None]) -> dict[str, Any]:
+        """Every argument the ``register_<kind>`` hook offers; each implementation receives
+        only those it names (pluggy's rule), so adding an argument here and in the hookspec
+        never breaks a plugin written against an older hook API (see docs/plugins.md)."""
+        return {"register": register}
+
+    def _hookimpl(self, plugin_name: str, hook: str) -> Any:
+        caller = getattr(self._pm.hook, hook, None)
+        if caller is None:
+            return None
+        for impl in caller.get_hookimpls():
+            if impl.plugin_name == plugin_name:
+                return impl
+        return None
+
+    def _call_hook(self, plugin_name: str, hook: str, arguments: dict[str, Any]) -> None:
+        """Call one plugin's implementation with the arguments it declares (no others)."""
+        impl = self._hookimpl(plugin_name, hook)
+        if impl is not None:
+            impl.function(**{k: arguments[k] for k in impl.argnames if k in arguments})
 
 
 def _own_version() -> str:
