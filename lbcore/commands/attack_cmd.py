@@ -33,6 +33,9 @@ def attack_options(f: Any) -> Any:
         click.option("--eps", type=float, default=None, help="L-inf budget on the 0..255 scale (default 15)."),
         click.option("--steps", type=int, default=None, help="Iterations T (default 20)."),
         click.option("--eot", multiple=True, metavar="SPEC", help="Differentiable degradation to attack through (repeatable)."),
+        click.option("--random-start", "random_start", type=float, default=None, metavar="R",
+                     help="Start from uniform noise in [-R, R] (0..255 scale; needed by distance losses such "
+                          "as landmark-displacement, whose gradient is zero at the clean image). Default 0."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds every random draw."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--weights", "weights", multiple=True, metavar="NAME=PATH",
@@ -44,10 +47,11 @@ def attack_options(f: Any) -> Any:
 
 
 def build_config(attack_name: str | None, loss: str | None, optimizer: str | None,
-                 eps: float | None, steps: int | None, eot: tuple[str, ...], seed: int) -> Any:
+                 eps: float | None, steps: int | None, eot: tuple[str, ...], seed: int,
+                 random_start: float | None = None) -> Any:
     from lbcore.engine import preset
 
-    overrides: dict[str, Any] = {"eps": eps, "steps": steps, "seed": seed}
+    overrides: dict[str, Any] = {"eps": eps, "steps": steps, "seed": seed, "random_start": random_start}
     if loss:
         overrides["loss"] = loss
     if optimizer:
@@ -80,7 +84,8 @@ def apply_weights_option(pairs: tuple[str, ...]) -> None:
 def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], detector: str,
                extractors: tuple[str, ...], attack_name: str | None, loss: str | None,
                optimizer: str | None, eps: float | None, steps: int | None, eot: tuple[str, ...],
-               seed: int, device: str, weights: tuple[str, ...], as_json: bool) -> None:
+               seed: int, device: str, weights: tuple[str, ...], as_json: bool,
+               random_start: float | None = None) -> None:
     """Write adversarial PNGs of IMAGES to OUT and print each image's loss and L-inf.
 
     Runs Algorithm 1 of the paper (or a baseline) against one or more extractors. Outputs are
@@ -97,7 +102,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
         raise SpecError("give at least one --extractor SPEC (see `lb list extractors`)")
     apply_weights_option(weights)
     pm = get_plugin_manager()
-    config = build_config(attack_name, loss, optimizer, eps, steps, eot, seed)
+    config = build_config(attack_name, loss, optimizer, eps, steps, eot, seed, random_start)
     dev = resolve_device(device)
     exts = [pm.build("extractors", s) for s in extractors]
     fixed = [parse_box(b) for b in boxes]
