@@ -7,8 +7,10 @@ be placed between the image and the extractors with expectation over transformat
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +22,7 @@ from lbcore.extractor import Extractor
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
-__all__ = ["AttackConfig", "AttackResult", "PRESETS", "preset", "attack", "resolve_device"]
+__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "resolve_device"]
 
 
 @attrs.define
@@ -76,6 +78,70 @@ PRESET_SUMMARIES = {
     "lbtrans": "LB with random resize and zero padding each step (transfer)",
     "lbmix": "LB alternating I-FGSM and MI-FGSM steps (transfer)",
 }
+
+
+@attrs.define(frozen=True)
+class Performance:
+    """How the engine runs an attack - never what it computes (apart from ``amp`` rounding).
+
+    Attributes:
+        amp: ``bf16`` / ``fp16`` run the extractors' forward and backward under autocast; the
+            perturbation, the momentum, the loss and the budget stay float32. ``none`` (default)
+            is plain float32.
+        channels_last: convert the extractors' weights (and so their activations) to the NHWC
+            layout that cuDNN and oneDNN convolutions run fastest in.
+        compile: ``torch.compile`` each heat-map network (``forward_crops``); compiled once per
+            extractor and kept for later calls. The first call pays the compile time.
+        cudnn_benchmark: let cuDNN time its convolution algorithms for the shapes seen (CUDA).
+    """
+
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = True
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or ``None`` for float32."""
+        table = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if self.amp not in table:
+            raise SpecError(f"unknown amp {self.amp!r} (valid: none, bf16, fp16)")
+        return table[self.amp]
+
+
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _compiled(exts: Sequence[Extractor], enabled: bool) -> Iterator[None]:
+    """Temporarily route each heat-map extractor's ``forward_crops`` through ``torch.compile``.
+
+    Only the network is compiled (cropping and decoding stay eager, their shapes vary per
+    batch); the compiled callable is cached per extractor so repeated attacks reuse it.
+    """
+    patched: list[Extractor] = []
+    try:
+        if enabled:
+            for e in exts:
+                fc = getattr(e, "forward_crops", None)
+                if fc is None or "forward_crops" in vars(e):
+                    continue
+                if e not in _COMPILED:
+                    _COMPILED[e] = torch.compile(fc, dynamic=False)
+                e.forward_crops = _COMPILED[e]  # type: ignore[method-assign]
+                patched.append(e)
+        yield
+    finally:
+        for e in patched:
+            del e.forward_crops
+
+
+def _float_output(out: Any) -> Any:
+    """An extractor output with float32 heat-maps/landmarks (autocast may give bf16/fp16)."""
+    if out.heatmaps is not None and out.heatmaps.dtype != torch.float32:
+        out.heatmaps = out.heatmaps.float()
+    if out.landmarks is not None and out.landmarks.dtype != torch.float32:
+        out.landmarks = out.landmarks.float()
+    return out
 
 
 def preset(name: str, **overrides: Any) -> AttackConfig:
@@ -146,6 +212,7 @@ def attack(
     device: str | torch.device = "cpu",
     plugin_manager: Any = None,
     init: torch.Tensor | None = None,
+    performance: Performance | None = None,
 ) -> AttackResult:
     """Run Algorithm 1 on a batch of same-sized images against one or more extractors.
 
@@ -157,6 +224,7 @@ def attack(
         device: where to run (never inferred from a model).
         init: optional starting adversarial image (e.g. the previous video frame's
             perturbation added to this frame); projected into the budget first.
+        performance: how to run it (autocast, channels-last, compile); default plain fp32.
 
     Returns:
         :class:`AttackResult`; ``adversarial`` holds integer values in ``[0, 255]`` within
@@ -178,6 +246,27 @@ def attack(
         if not getattr(e, "differentiable", False):
             raise SpecError(f"degradation {type(e).__name__} is not differentiable; cannot attack through it")
 
+    perf = performance or Performance()
+    amp_dtype = perf.autocast_dtype()
+    if dev.type == "cuda" and perf.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    with _compiled(exts, perf.compile):
+        return _attack(images, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, perf, amp_dtype, init)
+
+
+def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: AttackConfig, dev: torch.device,
+            loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], perf: Performance,
+            amp_dtype: torch.dtype | None, init: torch.Tensor | None) -> AttackResult:
+    """The body of :func:`attack` once components are built."""
+
+    def run(e: Extractor, inp: torch.Tensor, fcs: Faces) -> Any:
+        # Autocast covers the extractor only: the loss, the gradient w.r.t. the image and the
+        # update stay float32 (autocast's backward runs in the forward's dtypes).
+        ctx = contextlib.nullcontext() if amp_dtype is None else torch.autocast(dev.type, dtype=amp_dtype)
+        with ctx:
+            out = e(inp, fcs)
+        return _float_output(out)
+
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(config.seed))
     torch.manual_seed(int(config.seed))
@@ -187,11 +276,14 @@ def attack(
     n_img = x.shape[0]
     for e in exts:
         e.to(dev).eval()
+        if perf.channels_last:
+            e.to(memory_format=torch.channels_last)
+        # Only the image's gradient is needed: no weight gradients are computed or stored.
         for p in e.parameters():
             p.requires_grad_(False)
 
     with torch.no_grad():
-        clean = [e(x, faces) for e in exts]
+        clean = [run(e, x, faces) for e in exts]
         clean_loss = sum(_per_image(loss_fn(c, c), faces.image_index, n_img) for c in clean)
 
     eps = float(config.eps)
@@ -215,7 +307,7 @@ def attack(
     for t in range(steps):
         if not bool(active.any()):
             break
-        grad = torch.zeros_like(x_adv)
+        grad: torch.Tensor | None = None
         total = torch.zeros(n_img, device=dev)
         for _ in range(max(1, config.eot_samples if eot else 1)):
             xi = x_adv.detach().requires_grad_(True)
@@ -224,13 +316,14 @@ def attack(
                 inp = d(inp)
             if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
                 inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
-            per_face = sum(loss_fn(c, e(inp, fcs)) for c, e in zip(clean, exts, strict=True))
+            per_face = sum(loss_fn(c, run(e, inp, fcs)) for c, e in zip(clean, exts, strict=True))
             assert isinstance(per_face, torch.Tensor)
             (g,) = torch.autograd.grad(per_face.sum(), xi)
-            grad += g
+            grad = g if grad is None else grad + g
             total += _per_image(per_face.detach(), faces.image_index, n_img)
         history.append(total.tolist())
         use_mix = mix_rule is not None and t % 2 == 1
+        assert grad is not None
         with torch.no_grad():
             if use_mix:
                 assert mix_rule is not None
@@ -252,7 +345,7 @@ def attack(
         x_adv = x_adv.round()
         x_adv = torch.min(torch.max(x_adv, torch.ceil(x - eps - 1e-6)), torch.floor(x + eps + 1e-6))
         x_adv = x_adv.clamp(0, 255)
-        final = sum(_per_image(loss_fn(c, e(x_adv, faces)), faces.image_index, n_img) for c, e in zip(clean, exts, strict=True))
+        final = sum(_per_image(loss_fn(c, run(e, x_adv, faces)), faces.image_index, n_img) for c, e in zip(clean, exts, strict=True))
         linf = (x_adv - x).abs().flatten(1).amax(1)
     assert isinstance(final, torch.Tensor) and isinstance(clean_loss, torch.Tensor)
     return AttackResult(x_adv, clean_loss, final, linf, steps_taken, history)

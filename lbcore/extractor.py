@@ -95,8 +95,37 @@ def affine_crop(
     gx = (2.0 * xy[..., 0] + 1.0) / W - 1.0
     gy = (2.0 * xy[..., 1] + 1.0) / H - 1.0
     grid = torch.stack([gx, gy], dim=-1).reshape(n, h, w, 2).to(images.dtype)
-    src = images.index_select(0, image_index.to(dev))
-    return F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return _sample_per_image(images, image_index.to(dev), grid, mode)
+
+
+def _sample_per_image(images: torch.Tensor, image_index: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` of face grids from their images without copying whole images per face.
+
+    ``images.index_select(0, image_index)`` would copy every full image once per face (and its
+    backward would scatter full-size gradients back): on 720p frames that is megabytes per face
+    per attack step. Instead, one face per image in order samples ``images`` directly, and
+    several faces per image sample side by side from one grid per image (slots an image does
+    not use point far outside it and give zeros). Each output value is computed by the same
+    bilinear formula from the same pixels as before, so the crops are bit-identical.
+    """
+    n, h, w, _ = grid.shape
+    b = images.shape[0]
+    if n == b and bool((image_index == torch.arange(b, device=image_index.device)).all()):
+        return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    counts = torch.bincount(image_index, minlength=b)
+    k = int(counts.max())
+    if b * k > 2 * n:  # very uneven face counts: padding would cost more than the copies
+        src = images.index_select(0, image_index)
+        return F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    # slot of each face among its image's faces (stable order of appearance)
+    order = torch.argsort(image_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(image_index)
+    slot[order] = torch.arange(n, device=image_index.device) - starts[image_index[order]]
+    wide = grid.new_full((b, h, k, w, 2), -8.0)
+    wide[image_index, :, slot] = grid
+    out = F.grid_sample(images, wide.reshape(b, h, k * w, 2), mode=mode, padding_mode="zeros", align_corners=False)
+    return out.reshape(b, images.shape[1], h, k, w)[image_index, :, :, slot]
 
 
 def argmax_2d(heatmaps: torch.Tensor) -> torch.Tensor:
