@@ -1,0 +1,242 @@
+// Landmark Breaker page: pick files, send them with the chosen settings, poll the job, show results.
+// Presentation only: every number shown comes from the server's report.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const session = body.dataset.session;
+  const maxBytes = Number(body.dataset.maxBytes);
+  const maxFiles = Number(body.dataset.maxFiles);
+  const maxMb = body.dataset.maxMb;
+
+  const $ = (id) => document.getElementById(id);
+  const form = $("protect-form"), input = $("files"), drop = $("drop"), chosen = $("chosen");
+  const protectBtn = $("protect"), clearBtn = $("clear"), message = $("message");
+  const progressBox = $("progress-box"), progress = $("progress"), progressText = $("progress-text");
+  const results = $("results"), resultList = $("result-list"), zip = $("zip"), notes = $("notes");
+  let files = [];
+  let busy = false;
+
+  function fmtSize(n) {
+    return n >= 1e6 ? (n / 1e6).toFixed(1) + " MB" : Math.max(1, Math.round(n / 1e3)) + " kB";
+  }
+
+  function say(text, kind) {
+    message.textContent = text || "";
+    message.hidden = !text;
+    message.className = "message" + (kind === "info" ? " info" : "");
+  }
+
+  function checkFiles() {
+    const total = files.reduce((s, f) => s + f.size, 0);
+    if (files.length > maxFiles) {
+      return `Too many files (${files.length}): at most ${maxFiles} per Protect.`;
+    }
+    if (total > maxBytes) {
+      return `The upload is too large (${fmtSize(total)}): at most ${maxMb} MB per Protect. Choose fewer or smaller files.`;
+    }
+    return "";
+  }
+
+  function setFiles(list) {
+    files = Array.from(list || []);
+    chosen.replaceChildren(...files.map((f) => {
+      const li = document.createElement("li");
+      const name = document.createElement("span");
+      name.textContent = f.name;
+      const size = document.createElement("span");
+      size.className = "size";
+      size.textContent = fmtSize(f.size);
+      li.append(name, size);
+      return li;
+    }));
+    const problem = checkFiles();
+    say(problem);
+    protectBtn.disabled = busy || !files.length || !!problem;
+  }
+
+  input.addEventListener("change", () => setFiles(input.files));
+  ["dragenter", "dragover"].forEach((ev) => drop.addEventListener(ev, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((ev) => drop.addEventListener(ev, (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
+
+  function setBusy(on) {
+    busy = on;
+    protectBtn.disabled = on || !files.length || !!checkFiles();
+    input.disabled = on;
+  }
+
+  function showProgress(fraction, text) {
+    progressBox.hidden = false;
+    if (fraction === null) {
+      progress.removeAttribute("value");  // indeterminate: the work of one file has no finer steps
+    } else {
+      progress.value = fraction;
+    }
+    progressText.textContent = text;
+  }
+
+  function upload(fd) {
+    // XMLHttpRequest (not fetch) to show upload progress for larger files
+    return new Promise((resolve) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/jobs");
+      xhr.setRequestHeader("X-LB-Session", session);
+      xhr.responseType = "json";
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) showProgress(0.05 * e.loaded / e.total, `Uploading… ${Math.round(100 * e.loaded / e.total)}%`);
+      };
+      xhr.onload = () => resolve({ status: xhr.status, data: xhr.response || {} });
+      xhr.onerror = () => resolve({ status: 0, data: { error: "The server could not be reached (is lb serve still running?)." } });
+      xhr.send(fd);
+    });
+  }
+
+  async function poll(url) {
+    for (;;) {
+      let resp, data;
+      try {
+        resp = await fetch(url, { cache: "no-store" });
+        data = await resp.json();
+      } catch (err) {
+        return { state: "failed", error: "The server could not be reached (is lb serve still running?)." };
+      }
+      if (!resp.ok) return { state: "failed", error: data.error || `error ${resp.status}` };
+      if (data.state === "done" || data.state === "failed") return data;
+      const where = data.files_total > 1 ? `File ${Math.min(data.files_done + 1, data.files_total)} of ${data.files_total} · ` : "";
+      if (data.state === "queued") {
+        showProgress(null, "Waiting for an earlier job to finish…");
+      } else if (data.fraction > 0) {
+        const shown = 0.05 + 0.95 * data.fraction;
+        showProgress(shown, `${where}${Math.round(100 * shown)}% · ${data.elapsed.toFixed(0)} s — ${data.message}`);
+      } else {
+        showProgress(null, `${where}${data.elapsed.toFixed(0)} s — ${data.message}`);
+      }
+      await new Promise((r) => setTimeout(r, 700));
+    }
+  }
+
+  function renderResult(r) {
+    const node = $("result-template").content.firstElementChild.cloneNode(true);
+    node.dataset.index = r.index;
+    node.dataset.verdict = r.verdict;
+    node.querySelector(".r-name").textContent = r.name;
+    const badge = node.querySelector(".badge");
+    badge.classList.add(r.verdict);
+    badge.textContent = { protected: "protected", partly: "partly protected", weak: "not enough",
+      unchanged: "unchanged", error: "error" }[r.verdict] || r.verdict;
+    node.querySelector(".r-headline").textContent = r.headline;
+    if (r.preview_url) {
+      const fig = node.querySelector(".sbs");
+      const img = fig.querySelector("img");
+      img.src = r.preview_url;
+      img.alt = `${r.name}: original (left) and protected (right)`;
+      fig.querySelector("figcaption").textContent = r.kind === "video"
+        ? "First frame of the original and of the protected video."
+        : "Green: landmarks found on the original. Red: landmarks found on the protected photo.";
+      fig.hidden = false;
+    }
+    const faces = node.querySelector(".r-faces");
+    (r.faces || []).forEach((lines, i) => {
+      const h = document.createElement("h4");
+      h.textContent = r.faces.length > 1 ? `Face ${i + 1}` : "The face";
+      const ul = document.createElement("ul");
+      lines.forEach((t) => {
+        const li = document.createElement("li");
+        li.textContent = t;
+        ul.append(li);
+      });
+      faces.append(h, ul);
+    });
+    const ul = node.querySelector(".r-lines");
+    (r.lines || []).forEach((t) => {
+      const li = document.createElement("li");
+      li.textContent = t;
+      ul.append(li);
+    });
+    if (r.download_url) {
+      const a = node.querySelector(".r-download");
+      a.href = r.download_url;
+      a.setAttribute("download", r.download_name);
+      a.textContent = `Download ${r.download_name}`;
+      a.hidden = false;
+    }
+    return node;
+  }
+
+  function showResults(data) {
+    resultList.replaceChildren(...data.results.map(renderResult));
+    const s = data.settings || {};
+    const extra = (data.notes || []).join(" ");
+    notes.textContent = `Strength ${s.strength}${s.robust ? ", robust to re-compression" : ""} ` +
+      `(at most ${s.eps}/255 per pixel, ${s.steps} steps), done in ${data.seconds} s. ` +
+      `A face counts as protected when its landmarks move by more than ${(100 * s.threshold).toFixed(0)}% ` +
+      `of the distance between the outer eye corners. ${extra}`;
+    if (data.zip_url) {
+      zip.href = data.zip_url;
+      zip.hidden = false;
+    } else {
+      zip.hidden = true;
+    }
+    results.hidden = false;
+    body.dataset.state = "done";
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const problem = checkFiles();
+    if (problem || !files.length) {
+      say(problem || "Choose at least one photo or video first.");
+      return;
+    }
+    say("");
+    setBusy(true);
+    results.hidden = true;
+    body.dataset.state = "running";
+    const fd = new FormData();
+    files.forEach((f) => fd.append("files", f, f.name));
+    fd.append("strength", form.querySelector("input[name=strength]:checked").value);
+    fd.append("robust", $("robust").checked ? "1" : "0");
+    showProgress(0, "Uploading…");
+    const sent = await upload(fd);
+    let data;
+    if (sent.status === 202) {
+      data = await poll(sent.data.url);
+    } else {
+      data = { state: "failed", error: sent.data.error || `The upload failed (HTTP ${sent.status}).` };
+    }
+    progressBox.hidden = true;
+    setBusy(false);
+    if (data.state === "done") {
+      showResults(data);
+    } else {
+      body.dataset.state = "failed";
+      say(data.error || "Protecting failed.");
+    }
+  });
+
+  clearBtn.addEventListener("click", async () => {
+    try {
+      await fetch("/api/clear", { method: "POST", headers: { "X-LB-Session": session } });
+    } catch (err) { /* the server is gone: nothing is left to delete */ }
+    results.hidden = true;
+    resultList.replaceChildren();
+    setFiles([]);
+    input.value = "";
+    say("Your files were deleted. Reload the page to protect more photos.", "info");
+    protectBtn.disabled = true;
+    input.disabled = true;
+    body.dataset.state = "cleared";
+  });
+
+  // Closing or leaving the page ends the session: the server deletes its files.
+  window.addEventListener("pagehide", () => {
+    navigator.sendBeacon("/api/clear", new Blob([session], { type: "text/plain" }));
+  });
+})();
