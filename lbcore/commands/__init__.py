@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights", "train", "synth", "protect"]
+_MODULES = ["list", "attack", "weights", "train", "synth", "protect", "serve"]
 
 
 def install(group: click.Group) -> None:
