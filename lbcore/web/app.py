@@ -123,7 +123,6 @@ def create_app(
     app.request_class = AppRequest
     app.config.update(
         MAX_CONTENT_LENGTH=int(max_upload_mb * 1_000_000),
-        MAX_FORM_MEMORY_SIZE=64_000,
         JSON_SORT_KEYS=False,
     )
     app.extensions["lb_store"] = store
@@ -295,7 +294,12 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 0, *, log_reque
 
     Returns the server: ``server.port`` is the bound port, ``serve_forever()`` runs it and
     ``shutdown()`` (from another thread) stops it.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not this computer's, ...).
     """
+    import socket
+
     from werkzeug.serving import WSGIRequestHandler
     from werkzeug.serving import make_server as _make_server
 
@@ -305,7 +309,16 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 0, *, log_reque
             if log_requests or str(code)[:1] in ("4", "5"):
                 super().log_request(code, size)
 
-    return _make_server(host, port, app, threaded=True, request_handler=Handler)
+    # bind here, not in werkzeug, which turns a bind error into sys.exit(1)
+    bare = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bare, port))
+        sock.listen(64)
+        return _make_server(bare, port, app, threaded=True, request_handler=Handler, fd=sock.fileno())
+    finally:
+        sock.close()  # the server holds its own duplicate of the socket
 
 
 # -- helpers ------------------------------------------------------------------------------

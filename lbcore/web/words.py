@@ -132,6 +132,8 @@ def _describe_video(record: dict[str, Any], threshold: float) -> dict[str, Any]:
         lines.append(
             f"{extractor_label(spec)}: landmarks moved by {_pct(e['nme_mean'])} of the eye distance on average; "
             f"{broken * 100:.0f}% of the measured faces protected (over {_pct(threshold)})")
+    if not record.get("extractors"):
+        lines.append("The report has no landmark measurements for this clip (it measures a sample of the frames).")
     if record.get("ssim_mean") is not None:
         lines.append(f"Image quality: SSIM {record['ssim_mean']:.3f} on average (1 = identical).")
     lines.append(f"Audio: {record.get('audio', 'none')}.")
