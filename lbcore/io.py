@@ -146,6 +146,33 @@ def _av() -> Any:
 
 
 @contextlib.contextmanager
+def _quiet_stderr_fd() -> Iterator[None]:
+    """Point file descriptor 2 at the null device for a moment.
+
+    libpng prints ``libpng error: ...`` straight to the C ``stderr`` (OpenCV's log level does not
+    reach it); our one-line error names the file and replaces that unnamed second line.
+    """
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable descriptor 2: nothing to silence
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
     """Silence OpenCV's own stderr logging while decoding: our one-line error replaces it."""
     cv2 = _cv2()
@@ -153,10 +180,12 @@ def _quiet_opencv() -> Iterator[None]:
         old = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except AttributeError:  # pragma: no cover - very old OpenCV builds
-        yield
+        with _quiet_stderr_fd():
+            yield
         return
     try:
-        yield
+        with _quiet_stderr_fd():
+            yield
     finally:
         cv2.utils.logging.setLogLevel(old)
 

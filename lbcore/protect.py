@@ -167,16 +167,21 @@ class _Run:
 
     # -- faces -------------------------------------------------------------------------
     def find_faces(self, rgb: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
-        """``(faces to protect, faces too small)`` as x1,y1,x2,y2 lists."""
+        """``(faces to protect, faces too small)`` as x1,y1,x2,y2 lists.
+
+        The size test uses the part of the box inside the image: a ``--box`` given for every
+        input can miss a smaller image entirely (nothing there to protect).
+        """
         if self.o.boxes:
             found = [list(b) for b in self.o.boxes]
         else:
             assert self.detector is not None
             found = [[float(v) for v in b[:4]] for b in self.detector(rgb)]
+        h, w = rgb.shape[:2]
         keep: list[list[float]] = []
         small: list[list[float]] = []
         for b in found:
-            side = min(b[2] - b[0], b[3] - b[1])
+            side = min(min(b[2], w) - max(b[0], 0.0), min(b[3], h) - max(b[1], 0.0))
             (keep if side >= self.o.min_face else small).append(b)
         return keep, small
 
@@ -236,14 +241,23 @@ class _Run:
         return attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
                       plugin_manager=self.pm, init=init).adversarial.cpu()
 
+    def output_path(self, entry: Any) -> Path:
+        """Where an input's protected file goes (the input's relative path under the output folder)."""
+        from lbcore.io import DEFAULT_VIDEO_SUFFIX
+
+        out = self.out_dir / entry.rel
+        if entry.kind == "video":
+            return out.with_suffix(DEFAULT_VIDEO_SUFFIX[self.o.codec])
+        if out.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".pgm", ".pnm"):
+            out = out.with_suffix(".png")  # lossless output: a lossy re-encode would erase the protection
+        return out
+
     # -- one image ---------------------------------------------------------------------
     def image(self, entry: Any) -> dict[str, Any]:
         from lbcore.io import read_image, write_image_atomic
         from lbcore.types import Faces
 
-        out = self.out_dir / entry.rel
-        if out.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".pgm", ".pnm"):
-            out = out.with_suffix(".png")  # lossless output: a lossy re-encode would erase the protection
+        out = self.output_path(entry)
         record: dict[str, Any] = {"input": str(entry.path), "output": str(out), "kind": "image"}
         if self.store.is_finished(entry.path, out):
             return self._resumed(out, record)
@@ -300,16 +314,10 @@ class _Run:
 
     # -- one video ---------------------------------------------------------------------
     def video(self, entry: Any) -> dict[str, Any]:
-        from lbcore.io import (
-            DEFAULT_VIDEO_SUFFIX,
-            VideoWriter,
-            iter_video_frames_timed,
-            probe_video,
-        )
+        from lbcore.io import VideoWriter, display_path, iter_video_frames_timed, probe_video
         from lbcore.types import Faces
 
-        suffix = DEFAULT_VIDEO_SUFFIX[self.o.codec]
-        out = self.out_dir / Path(entry.rel).with_suffix(suffix)
+        out = self.output_path(entry)
         record: dict[str, Any] = {"input": str(entry.path), "output": str(out), "kind": "video"}
         if self.store.is_finished(entry.path, out):
             return self._resumed(out, record)
@@ -357,7 +365,7 @@ class _Run:
                 n_frames += 1
                 if len(chunk) >= self.o.batch_size:
                     flush()
-                    self.log(f"{entry.path}: {n_frames}/{info.frame_count} frames")
+                    self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
             if chunk:
                 flush()
         summary: dict[str, Any] = {}
@@ -397,7 +405,7 @@ def protect(
         (one record per input with ``status`` protected / unchanged / done earlier / error) and
         ``summary``.
     """
-    from lbcore.io import iter_inputs, write_bytes_atomic
+    from lbcore.io import display_path, iter_inputs, write_bytes_atomic
 
     options = attrs.evolve(options or ProtectOptions(), **kwargs)
     paths = [Path(p) for p in inputs]
@@ -412,17 +420,40 @@ def protect(
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    claimed: dict[Path, Path] = {}
     for entry in entries:
         if entry.kind in ("error", "skip"):
             records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
                             "error": entry.error})
             continue
+        name = display_path(entry.path)
+        target = run.output_path(entry)
+        if target in claimed:
+            # photo.jpg and photo.png (or clip.mp4 and clip.mkv) both become photo.png: the
+            # second must not silently replace the first's result
+            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error",
+                   "error": f"{name}: would be written to the same output {display_path(target)} as "
+                            f"{display_path(claimed[target])}; skipped (rename one of them)"}
+            records.append(rec)
+            run.log(f"{name}: {rec['status']}")
+            continue
+        claimed[target] = entry.path
         try:
             rec = run.image(entry) if entry.kind == "image" else run.video(entry)
         except LBError as err:
-            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error", "error": str(err)}
+            msg = str(err)
+            if name not in msg:  # every error line names its file
+                msg = f"{name}: {msg}"
+            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error", "error": msg}
+        except Exception as err:  # a bug on one file must not lose the rest of the batch
+            import traceback
+
+            run.log(traceback.format_exc().rstrip())
+            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error",
+                   "error": f"{name}: internal error ({type(err).__name__}: {' '.join(str(err).split())}); "
+                            "please report this"}
         records.append(rec)
-        run.log(f"{entry.path}: {rec['status']}")
+        run.log(f"{name}: {rec['status']}")
     report = {
         "settings": {**options.settings(), "extractors": list(run.attacked), "held_out": list(run.held),
                      "eps": run.config.eps, "steps": run.config.steps, "threshold": options.threshold,

@@ -127,3 +127,52 @@ def tiny_extractor(tiny_plugin):
     from lb_test_tiny_model import tiny
 
     return tiny()
+
+
+# ------------------------------------------------------------------------- reliability figures
+
+RELIABILITY_KEY = pytest.StashKey[dict]()
+"""Counters the reliability tests record; printed in the test run summary."""
+
+
+@pytest.fixture(scope="session")
+def reliability_counts(pytestconfig: pytest.Config) -> dict:
+    """Session-wide counters of the reliability tests (bad inputs tried, hostile checkpoints
+    refused, crash points tried, inputs changed, outputs lost), shown by the summary hook."""
+    return pytestconfig.stash.setdefault(RELIABILITY_KEY, {
+        "bad_inputs": 0,
+        "inputs_checked": 0,
+        "inputs_changed": 0,
+        "hostile_checkpoints": 0,
+        "hostile_refused": 0,
+        "code_executed": 0,
+        "hostile_plugins": 0,
+        "crash_points": 0,
+        "outputs_lost": 0,
+        "partial_outputs": 0,
+    })
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - hook signature
+    counts = config.stash.get(RELIABILITY_KEY, None)
+    if not counts:
+        return
+    c = counts
+    terminalreporter.write_sep("-", "reliability")
+    terminalreporter.write_line(
+        f"reliability: {c['bad_inputs']} bad inputs tried ({c['inputs_checked']} inputs checked byte for byte, "
+        f"{c['inputs_changed']} changed), {c['hostile_refused']} of {c['hostile_checkpoints']} hostile checkpoints "
+        f"refused ({c['code_executed']} ran code), {c['hostile_plugins']} hostile plugins survived, "
+        f"{c['crash_points']} crash points tried ({c['partial_outputs']} partial outputs, "
+        f"{c['outputs_lost']} outputs lost)"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the tiny extractor as an installed plugin distribution, for CLI
+    subprocesses of module- or session-scoped fixtures: put it on their ``PYTHONPATH``."""
+    root = tmp_path_factory.mktemp("tiny_site")
+    make_dist(root, "lb-test-tiny", "tiny", "lb_test_tiny_plugin", TINY_PLUGIN_SRC,
+              {"lb_test_tiny_model": TINY_EXTRACTOR_SRC})
+    return root

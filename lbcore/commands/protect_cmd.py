@@ -12,13 +12,18 @@ from lbcore.commands.attack_cmd import apply_weights_option, parse_box
 
 
 def _table(report: dict[str, Any]) -> list[str]:
+    from lbcore.io import display_path
+
     lines = []
     thr = report["settings"]["threshold"]
     for rec in report["files"]:
-        name = rec.get("input", "?")
+        name = display_path(rec.get("input", "?"))  # printable even when the name is not UTF-8
         status = rec["status"]
         if status == "error":
             lines.append(f"{name}: ERROR {rec.get('error')}")
+            continue
+        if status == "skipped":
+            lines.append(f"{name}: skipped ({rec.get('error')})")
             continue
         if rec.get("kind") == "video" and status in ("protected", "done earlier") and rec.get("extractors"):
             parts = [f"{k} NME {v['nme_mean']:.2f}{'' if v['attacked'] else ' (held out)'}"
