@@ -120,7 +120,7 @@ class PluginManager:
                 continue
             try:
                 module = ep.load()
-            except Exception as err:
+            except (Exception, SystemExit) as err:  # a plugin calling sys.exit() must not end lb
                 self._fail(dist_name, err, "import")
                 continue
             self.add_plugin(module, name=ep.name, distribution=dist_name, version=version)
@@ -172,7 +172,7 @@ class PluginManager:
                     staged.append(Component(name, _kind, factory, dist.name, dict(metadata)))
 
                 self._call_hook(plugin_name, f"register_{kind}", self.hook_arguments(kind, register))
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             self._fail(dist.name, err, "register its components")
             return
         for comp in staged:

@@ -383,3 +383,61 @@ def test_memory_stays_bounded_on_a_long_video(tmp_path, tiny_site):
     extra_frames_mb = (n_long - n_short) * w * h * 3 / 2**20  # 41 MiB as uint8, 163 MiB as float32
     growth = rss_long - rss_short
     assert growth < extra_frames_mb / 4, (rss_short, rss_long, extra_frames_mb)
+
+
+# ------------------------------------------------------------------------------ hostile plugins
+
+HOSTILE_PLUGINS = {
+    # distribution: (module source, words its warning must contain)
+    "lb-test-bad-import": ("raise RuntimeError('boom at import')\n", "boom at import"),
+    "lb-test-bad-register": ('''
+from lbcore import hookimpl
+
+@hookimpl
+def register_extractors(register):
+    raise ValueError("boom at registration")
+''', "boom at registration"),
+    "lb-test-dup-tiny": ('''
+from lbcore import hookimpl
+
+def _impostor():
+    """Claims the tiny extractor's name."""
+    raise RuntimeError("the impostor must never be built")
+
+@hookimpl
+def register_extractors(register):
+    register("tiny", _impostor)
+''', "registered twice"),
+    "lb-test-import-exit": ("import sys\nsys.exit(7)\n", "SystemExit: 7"),
+    "lb-test-register-exit": ('''
+from lbcore import hookimpl
+
+@hookimpl
+def register_extractors(register):
+    raise SystemExit(8)
+''', "SystemExit: 8"),
+}
+
+
+def test_cli_survives_hostile_plugins(tmp_path, tiny_plugin, install_dist, reliability_counts):
+    """A plugin whose import raises (or even calls sys.exit), whose registration raises, or that
+    registers a duplicate name: the CLI still starts, says which plugin failed, and works."""
+    for i, (dist, (source, _)) in enumerate(HOSTILE_PLUGINS.items()):
+        # entry points load in name order: "zz" keeps the duplicate after the real "tiny"
+        install_dist(tiny_plugin, dist, f"zz-hostile{i}", f"lb_test_hostile{i}", source)
+    res = lb("plugins")
+    assert res.returncode == 0, res.stderr
+    assert "lb-test-tiny" in res.stdout
+    src = tmp_path / "face.png"
+    src.write_bytes(encode(pattern(96, 96)[:, :, ::-1], ".png"))
+    before = src.read_bytes()
+    res = lb("protect", src, "-o", tmp_path / "o", *TINY)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "face.png: protected" in res.stdout
+    assert (tmp_path / "o" / "face.png").is_file() and src.read_bytes() == before
+    for dist, (_, words) in HOSTILE_PLUGINS.items():
+        mine = [ln for ln in res.stderr.splitlines() if dist in ln]
+        assert mine and all(ln.startswith("lb: warning:") for ln in mine), (dist, res.stderr)
+        assert any(words in ln for ln in mine), (dist, mine)
+    assert "Traceback" not in res.stderr
+    reliability_counts["hostile_plugins"] += len(HOSTILE_PLUGINS)
