@@ -172,6 +172,12 @@ def test_results_side_by_side_and_words(photo_job):
         green = (left[..., 1] > 200) & (left[..., 0] < 60) & (left[..., 2] < 60)
         red = (right[..., 0] > 200) & (right[..., 1] < 60) & (right[..., 2] < 60)
         assert green.sum() > 20 and red.sum() > 20
+        # a close-up of the face: both halves cut around the face box, still with the dots
+        assert len(r["closeup_urls"]) == len(r["faces"]) == 1
+        close = _decode(client.get(r["closeup_urls"][0]).data)
+        assert close.shape[0] < h and close.shape[1] < 2 * w and close.shape[1] > close.shape[0]
+        assert (close[..., 1] > 200).any() and (close[..., 0] > 200).any()
+        assert client.get(r["closeup_urls"][0].replace("/faces/0/", "/faces/5/")).status_code == 404
     assert status["settings"]["strength"] == "low" and status["settings"]["steps"] == 2
     assert status["zip_url"]
     assert "/tmp" not in json.dumps(status) and "job-" not in json.dumps(status)

@@ -80,7 +80,7 @@ def browser(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-extensions", "--disable-default-apps", "--no-first-run", "--no-default-browser-check",
-                "--metrics-recording-only", "--password-store=basic", "--window-size=1280,1600",
+                "--metrics-recording-only", "--password-store=basic", "--window-size=1280,1800",
                 f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(arg)
     opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
@@ -147,6 +147,10 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     assert img.size["width"] > 400  # shown, not collapsed
     labels = card.find_element(By.CSS_SELECTOR, ".sbs-labels").text
     assert "Original" in labels and "Protected" in labels
+
+    close = card.find_element(By.CSS_SELECTOR, ".face .closeup img")
+    WebDriverWait(drv, 20).until(lambda d: d.execute_script("return arguments[0].complete", close))
+    assert drv.execute_script("return arguments[0].naturalWidth", close) > 0
 
     drv.execute_script("window.scrollTo(0, document.getElementById('results').offsetTop - 20)")
     time.sleep(0.3)

@@ -255,6 +255,15 @@ def create_app(
             return send_file(_video_still(job, index, rec), mimetype="image/png")
         abort(404, "this file has no preview")
 
+    @app.get("/api/jobs/<job_id>/files/<int:index>/faces/<int:face>/closeup")
+    def closeup(job_id: str, index: int, face: int) -> Any:
+        job = _job(job_id)
+        rec = _record(job, index)
+        faces = rec.get("faces") or []
+        if not rec.get("preview") or not 0 <= face < len(faces):
+            abort(404, "no close-up for this face")
+        return send_file(_closeup(job, index, face, rec), mimetype="image/png")
+
     @app.get("/api/jobs/<job_id>/files/<int:index>/download")
     def download(job_id: str, index: int) -> Any:
         job = _job(job_id)
@@ -407,11 +416,12 @@ def _results(job: Job) -> dict[str, Any]:
         ok = rec.get("status") in ("protected", "unchanged") and bool(rec.get("output"))
         has_preview = bool(rec.get("preview")) or (rec.get("kind") == "video" and rec.get("status") == "protected")
         base = f"/api/jobs/{job.id}/files/{i}"
+        n_faces = len(rec.get("faces") or []) if rec.get("preview") else 0
         files.append({
             "index": i, "name": job.names[i] if i < len(job.names) else f"file {i + 1}",
             "kind": rec.get("kind", "image"), "status": rec.get("status"), **words,
             "preview_url": f"{base}/preview" if has_preview else None,
-            "preview_note": None if rec.get("preview") else "first frame, without landmarks",
+            "closeup_urls": [f"{base}/faces/{k}/closeup" for k in range(n_faces)],
             "download_url": f"{base}/download" if ok else None,
             "download_name": _download_name(job, i, rec) if ok else None,
         })
@@ -440,6 +450,34 @@ def _write_zip(job: Job, path: Path) -> None:
                     zf.write(out, _download_name(job, i, rec))
         zf.writestr("report.json", job.display(json.dumps(job.report, indent=2, default=str)))
     os.replace(tmp, path)
+
+
+def _closeup(job: Job, index: int, face: int, rec: dict[str, Any]) -> Path:
+    """One face cut out of both halves of the side-by-side preview, side by side again (PNG).
+
+    The face box grows by half its size on each side, so the landmarks around the jaw and the
+    brows stay in view; nothing is re-measured.
+    """
+    import numpy as np
+
+    from lbcore.io import read_image, write_image_atomic
+
+    path = job.folder / "closeups" / f"{index}-{face}.png"
+    if path.exists():
+        return path
+    side = read_image(_inside(job, rec["preview"]), max_pixels=None).rgb
+    w = side.shape[1] // 2
+    x1, y1, x2, y2 = rec["faces"][face]["box"]
+    m = 0.5 * max(x2 - x1, y2 - y1)
+    xa, xb = max(0, int(x1 - m)), min(w, int(np.ceil(x2 + m)))
+    ya, yb = max(0, int(y1 - m)), min(side.shape[0], int(np.ceil(y2 + m)))
+    if xb <= xa or yb <= ya:
+        abort(404, "the face box lies outside the photo")
+    gap = np.full((yb - ya, max(2, (xb - xa) // 40), 3), 255, np.uint8)
+    out = np.concatenate([side[ya:yb, xa:xb], gap, side[ya:yb, w + xa:w + xb]], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image_atomic(path, out)
+    return path
 
 
 def _video_still(job: Job, index: int, rec: dict[str, Any]) -> Path:

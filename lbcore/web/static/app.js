@@ -144,6 +144,22 @@
     }
     const faces = node.querySelector(".r-faces");
     (r.faces || []).forEach((lines, i) => {
+      const block = document.createElement("div");
+      block.className = "face";
+      const url = (r.closeup_urls || [])[i];
+      if (url) {
+        const fig = document.createElement("figure");
+        fig.className = "closeup";
+        const img = document.createElement("img");
+        img.src = url;
+        img.alt = `Face ${i + 1}: original (left) and protected (right), close up`;
+        const cap = document.createElement("figcaption");
+        cap.className = "muted";
+        cap.textContent = "Close-up: original | protected";
+        fig.append(img, cap);
+        block.append(fig);
+      }
+      const text = document.createElement("div");
       const h = document.createElement("h4");
       h.textContent = r.faces.length > 1 ? `Face ${i + 1}` : "The face";
       const ul = document.createElement("ul");
@@ -152,7 +168,9 @@
         li.textContent = t;
         ul.append(li);
       });
-      faces.append(h, ul);
+      text.append(h, ul);
+      block.append(text);
+      faces.append(block);
     });
     const ul = node.querySelector(".r-lines");
     (r.lines || []).forEach((t) => {
