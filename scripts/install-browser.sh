@@ -14,6 +14,9 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
         echo "install-browser: cannot install chromium (needs root and apt-get); the browser test will skip" >&2
     fi
 fi
+if [ ! -x .venv/bin/python ]; then
+    sh scripts/setup.sh  # the project's environment first (selenium goes into it)
+fi
 if ! .venv/bin/python -c "import selenium" 2>/dev/null; then
     .venv/bin/python -m pip --disable-pip-version-check install -q "selenium>=4.20,<5"
 fi
