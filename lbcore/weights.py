@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def load_checkpoint(
     import torch
 
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"{p}: is a folder, not a weights file")
     if not p.is_file():
         raise WeightsError(f"{p}: weights file not found")
     size = p.stat().st_size
@@ -148,12 +151,24 @@ def load_checkpoint(
     for qualname, cls in (allow or {}).items():
         safe.append((cls, qualname))
     try:
-        with torch.serialization.safe_globals(safe):
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            # torch's note on an unusual pickle protocol is noise next to our one-line verdict
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:
-        msg = str(err).strip().splitlines()
-        reason = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else type(err).__name__)
-        raise WeightsError(f"{p}: refused or unreadable checkpoint ({reason.strip()[:300]})") from None
+        raise WeightsError(f"{p}: refused or unreadable checkpoint ({_load_failure(err)})") from None
+
+
+def _load_failure(err: Exception) -> str:
+    """A short reason for a failed ``torch.load``: the refused global, or what is broken."""
+    if isinstance(err, EOFError) or "failed finding central directory" in str(err):
+        return "the file ends early: truncated or not a PyTorch checkpoint"
+    lines = [m.strip() for m in str(err).strip().splitlines() if m.strip()]
+    reason = next((m for m in lines if "GLOBAL" in m or "Unsupported" in m), lines[0] if lines else type(err).__name__)
+    if "Unsupported operand" in reason:
+        reason = f"not a PyTorch checkpoint: {reason}"
+    # torch's messages go on with advice in further sentences; the first one says what failed
+    return reason.split(". ")[0].rstrip(".")[:300]
 
 
 def _check_zip(p: Path, max_bytes: int) -> None:
