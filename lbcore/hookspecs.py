@@ -12,6 +12,8 @@ as it likes. ``register(name, factory, **metadata)``:
   may show.
 
 The hook API is versioned by :data:`lbcore.HOOK_API_VERSION`; see ``docs/plugins.md``.
+Hooks only ever *gain* arguments, and each implementation is called with just the arguments
+it declares, so a plugin written against an older hook API keeps working.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def _extractor_checks(run: _Run, extractor: Any, device: str, check_gradient: bo
     ext = run.check("type", build, essential=True)
 
     def scheme() -> None:
-        s = getattr(ext, "scheme", None)
+        s: Any = getattr(ext, "scheme", None)
         if s is None or s.num_points <= 0:
             _fail("scheme", "extractor declares no landmark scheme")
         a, b = s.eye_corners
@@ -469,10 +469,21 @@ def check_extractor(extractor: Any, *, device: str = "cpu", check_gradient: bool
 
 
 # -- losses ------------------------------------------------------------------------------
+_FIELDS = ("heatmaps", "landmarks", "hm_to_image")
+
+
+def _map_output(out: Any, fn: Callable[[str, Any], Any], keep_extra: bool = False) -> Any:
+    """A new ExtractorOutput with ``fn(field, tensor)`` applied to each tensor field that is set."""
+    from lbcore.types import ExtractorOutput
+
+    new: dict[str, Any] = {f: (fn(f, getattr(out, f)) if getattr(out, f) is not None else None) for f in _FIELDS}
+    return ExtractorOutput(heatmaps=new["heatmaps"], landmarks=new["landmarks"], hm_to_image=new["hm_to_image"],
+                           extra=dict(out.extra) if keep_extra else {})
+
+
 def _loss_checks(run: _Run, loss: Any, extractor: Any, device: str) -> dict[str, Any]:
     import torch
 
-    from lbcore.types import ExtractorOutput
 
     measured: dict[str, Any] = {}
 
@@ -490,10 +501,8 @@ def _loss_checks(run: _Run, loss: Any, extractor: Any, device: str) -> dict[str,
     def outputs() -> None:
         if extractor is None:
             clean, adv = sample_outputs()
-            clean = ExtractorOutput(**{f: (getattr(clean, f).to(device) if getattr(clean, f) is not None else None)
-                                       for f in ("heatmaps", "landmarks", "hm_to_image")})
-            adv = ExtractorOutput(**{f: (getattr(adv, f).detach().to(device).requires_grad_(f != "hm_to_image"))
-                                     for f in ("heatmaps", "landmarks", "hm_to_image")})
+            clean = _map_output(clean, lambda f, t: t.to(device))
+            adv = _map_output(adv, lambda f, t: t.detach().to(device).requires_grad_(f != "hm_to_image"))
             state["leaves"] = [adv.heatmaps, adv.landmarks]
         else:
             ext = _pm().build("extractors", extractor) if isinstance(extractor, str) else extractor
@@ -552,10 +561,9 @@ def _loss_checks(run: _Run, loss: Any, extractor: Any, device: str) -> dict[str,
     def clean_is_constant() -> None:
         if extractor is not None:
             raise _Skip("real extractor outputs: the clean pass ran without gradients")
-        c = ExtractorOutput(**{f: (getattr(clean, f).detach().clone().requires_grad_(f != "hm_to_image"))
-                               for f in ("heatmaps", "landmarks", "hm_to_image")})
+        c = _map_output(clean, lambda f, t: t.detach().clone().requires_grad_(f != "hm_to_image"))
         v = fn(c, adv)
-        leaves = [c.heatmaps, c.landmarks]
+        leaves: list[Any] = [c.heatmaps, c.landmarks]
         if v.requires_grad:
             grads = torch.autograd.grad(v.sum(), leaves, allow_unused=True)
             if any(g is not None and float(g.abs().sum()) > 0 for g in grads):
@@ -567,8 +575,7 @@ def _loss_checks(run: _Run, loss: Any, extractor: Any, device: str) -> dict[str,
         keep = [0, 2] if n >= 3 else [0]
 
         def sub(o: Any, rows: list[int]) -> Any:
-            return ExtractorOutput(**{f: (getattr(o, f)[rows] if getattr(o, f) is not None else None)
-                                      for f in ("heatmaps", "landmarks", "hm_to_image")}, extra=o.extra)
+            return _map_output(o, lambda f, t: t[rows], keep_extra=True)
 
         part = fn(sub(clean, keep), sub(adv, keep))
         if not torch.allclose(part.detach(), state["v"].detach()[keep], atol=1e-4, rtol=1e-4):
@@ -582,8 +589,7 @@ def _loss_checks(run: _Run, loss: Any, extractor: Any, device: str) -> dict[str,
         cuda = _cuda_or_skip()
 
         def move(o: Any) -> Any:
-            return ExtractorOutput(**{f: (getattr(o, f).detach().to(cuda) if getattr(o, f) is not None else None)
-                                      for f in ("heatmaps", "landmarks", "hm_to_image")})
+            return _map_output(o, lambda f, t: t.detach().to(cuda))
 
         v = fn(move(clean), move(adv))
         if v.device.type != "cuda":

@@ -110,7 +110,8 @@ class CoordinateRegressor(Extractor):
                 if isinstance(m, torch.nn.Conv2d):
                     fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
                     m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-                    m.bias.zero_()
+                    if m.bias is not None:
+                        m.bias.zero_()
             # small weights: the image moves the points by a few per cent of the crop
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 2e-3)
             box_in_crop = 0.5 + (mean_face_in_box() - 0.5) / self.context
