@@ -327,6 +327,7 @@ class _Run:
         stats: dict[str, list[float]] = {}
         n_frames = n_faces = n_small = 0
         prev_delta = None
+        measured_chunks = [0]
         with VideoWriter(out, info.fps, codec=self.o.codec, crf=self.o.crf,
                          audio_from=entry.path if info.has_audio else None, inputs=self.inputs) as writer:
             chunk: list[tuple[np.ndarray, Any]] = []
@@ -347,13 +348,14 @@ class _Run:
                     adv = self.attack(x, faces, init=init)
                     flat = [b for bs in boxes for b in bs]
                     n_faces += len(flat)
-                    # measure a subsample of frames (every report_every-th chunk, and the first)
-                    if (n_frames // max(1, len(chunk))) % max(1, self.o.report_every) == 0:
+                    # measure a subsample: the first chunk with faces, then every report_every-th
+                    if measured_chunks[0] % max(1, self.o.report_every) == 0:
                         for row in self.measure(x, adv, faces, flat, with_checks=False):
                             for spec, e in row["extractors"].items():
                                 stats.setdefault(spec, []).append(e["nme"])
                             stats.setdefault("_ssim", []).append(row["ssim"])
                             stats.setdefault("_psnr", []).append(row["psnr"])
+                    measured_chunks[0] += 1
                 prev_delta = (adv - x)[-1]
                 adv_np = adv.permute(0, 2, 3, 1).to(self.torch.uint8).numpy()
                 for (_, t), frame in zip(chunk, adv_np, strict=True):

@@ -78,7 +78,7 @@ def apply_weights_option(pairs: tuple[str, ...]) -> None:
 @click.option("-o", "--out", "outdir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--box", "boxes", multiple=True, metavar="x1,y1,x2,y2",
               help="Face box in pixels (repeatable; applies to every image). Default: detect faces.")
-@click.option("--detector", default="haar", show_default=True, metavar="SPEC", help="Face detector when no --box.")
+@click.option("--detector", default="auto", show_default=True, metavar="SPEC", help="Face detector when no --box.")
 @attack_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], detector: str,
