@@ -130,7 +130,7 @@ def main() -> None:
     samples = prepare_samples(labelled)
     extractor = get_plugin_manager().build("extractors", SPEC + ",weights=none")
     recipe = PAPER_RECIPES["generic"].replace(
-        lr=1e-3, sigma=1.0, batch_size=8, epochs=args.epochs,
+        lr=2e-3, sigma=1.5, fg_weight=10.0, batch_size=8, epochs=args.epochs,
         milestones=(int(args.epochs * 0.7),), gamma=0.2,
         augment=Augment(scale=0.25, rotation=30.0, translation=0.08, flip=0.5, colour=0.4,
                         grey=0.3, blur=0.3, noise=4.0),
