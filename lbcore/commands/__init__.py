@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights", "train", "synth", "protect", "bench", "serve"]
+_MODULES = ["list", "attack", "weights", "train", "synth", "protect", "evaluate", "bench", "distributed", "serve"]
 
 
 def install(group: click.Group) -> None:
