@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lb_avssan.checkpoint import ALLOWED_GLOBALS
 from lbcore import hookimpl, parse_spec
 from lbcore.errors import SpecError, WeightsError
 from lbcore.weights import WeightsFile
@@ -103,7 +104,6 @@ def avssan(
     from lb_avssan.checkpoint import load_avssan_checkpoint
     from lb_avssan.extractor import AVSSANExtractor
     from lb_avssan.model import ITNCPM
-
     from lbcore.weights import load_state_dict_strict
 
     if width_div < 1:
@@ -130,4 +130,5 @@ def register_extractors(register: Callable[..., None]) -> None:
         avssan,
         summary="AVS-SAN ITN-CPM (WFLW, 98 points + background): 16x16 heat-maps from a 128x128 crop",
         weights=[PUBLISHED_WEIGHTS, *DEMO_WEIGHTS],
+        pickle_allow=ALLOWED_GLOBALS,  # inert stand-ins `lb weights inspect` may unpickle
     )

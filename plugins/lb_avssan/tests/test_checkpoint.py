@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lb_avssan.extractor import AVSSANExtractor
 from lb_avssan.model import ITNCPM
 from lb_avssan.plugin import avssan
-
 from lbcore import Faces
 from lbcore.errors import WeightsError
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lb_avssan.extractor import MACHINE_EPS, AVSSANExtractor, san_crop_boxes, san_peak_soft_argmax
 
+from lb_avssan.extractor import MACHINE_EPS, AVSSANExtractor, san_crop_boxes, san_peak_soft_argmax
 from lbcore import ExtractorOutput, Faces
 
 

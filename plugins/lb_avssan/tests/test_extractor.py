@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+
 from lb_avssan.extractor import AVSSANExtractor, crop_without_padding
 from lb_avssan.model import ITNCPM
-
 from lbcore import Faces
 from lbcore.errors import SpecError, WeightsError
 from lbcore.extractor import affine_crop
@@ -83,7 +83,6 @@ def test_hm_to_image_matches_decode_on_peaks(small):
         out = small(images, faces)
     lm = small.decode(out)
     from lb_avssan.extractor import san_peak_soft_argmax
-
     from lbcore.extractor import apply_affine
 
     coords, _ = san_peak_soft_argmax(out.heatmaps, 3)

@@ -10,7 +10,6 @@ import pytest
 def codecs_pm():
     """A plugin manager holding the core built-ins and this plugin (no other entry points)."""
     import lb_codecs.plugin
-
     from lbcore.plugins import PluginManager
 
     pm = PluginManager(load_entry_points=False)

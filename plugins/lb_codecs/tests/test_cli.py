@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from lb_codecs.image import jpeg_roundtrip
 from lb_codecs.video import iter_decoded, video_roundtrip
 

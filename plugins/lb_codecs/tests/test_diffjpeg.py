@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lb_codecs.diffjpeg import LUMA_TABLE, diff_jpeg, jpeg_quant_tables, round_cubic, round_ste
 from lb_codecs.image import jpeg_roundtrip
 

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from lb_codecs.image import jpeg_roundtrip, psnr
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

@@ -7,6 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+
 from lb_codecs.image import psnr
 from lb_codecs.video import (
     as_rate,
@@ -16,7 +17,6 @@ from lb_codecs.video import (
     stream_roundtrip,
     video_roundtrip,
 )
-
 from lbcore.errors import LBError
 
 

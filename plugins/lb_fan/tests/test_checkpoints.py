@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lb_fan.plugin import fan
 
+from lb_fan.plugin import fan
 from lbcore import Faces, WeightsError
 
 CASES = {"fan_2dfan4_68": 68, "fan_pyhowfar_98": 98}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lb_fan.extractor import FANExtractor, decode_heatmaps, face_alignment_crop_theta
 
+from lb_fan.extractor import FANExtractor, decode_heatmaps, face_alignment_crop_theta
 from lbcore import ExtractorOutput, Faces
 from lbcore.schemes import IBUG68, WFLW98
 from lbcore.testing import check_extractor, fresh_plugin_manager

@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from lb_fan.extractor import (
     decode_heatmaps,
     face_alignment_center_scale,
     face_alignment_crop_theta,
     face_alignment_decode_theta,
 )
-
 from lbcore.extractor import affine_crop, apply_affine, compose_affine, scale_affine
 
 BOXES = [

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import importlib_metadata
-import lb_fan.plugin as plugin
 import pytest
 import torch
 
+import lb_fan.plugin as plugin
 from lbcore import WeightsError, WeightsFile
 from lbcore.errors import SpecError
 
@@ -88,7 +88,6 @@ def test_published_file_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
 def test_auto_finds_the_published_file_through_resolve_weights(tmp_path, monkeypatch):
     """With a matching sha256 the found file is loaded (the checksum is swapped for this file's)."""
     from lb_fan.model import FAN
-
     from lbcore.weights import sha256sum
 
     path = tmp_path / "2DFAN4-11f355bf06.pth.tar"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lb_hrnet.plugin import hrnet
 from PIL import Image
 
+from lb_hrnet.plugin import hrnet
 from lbcore.extractor import affine_crop, compose_affine, scale_affine
 
 

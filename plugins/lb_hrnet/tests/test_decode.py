@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from lb_hrnet.plugin import hrnet
 
+from lb_hrnet.plugin import hrnet
 from lbcore import ExtractorOutput, Faces
 
 

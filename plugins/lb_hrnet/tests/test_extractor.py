@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from lb_hrnet.plugin import hrnet
 
+from lb_hrnet.plugin import hrnet
 from lbcore import Faces, heatmap_cosine_loss
 from lbcore.schemes import WFLW98
 from lbcore.testing import check_extractor

@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+
 from lb_hrnet import plugin
 from lb_hrnet.model import HighResolutionNet
 from lb_hrnet.plugin import hrnet
-
 from lbcore.errors import WeightsError
 
 
