@@ -35,6 +35,7 @@ Ablations (Fig. 4) attack with ``ablate_attack`` (LB by default) for each value 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -787,6 +788,8 @@ class _Evaluation:
         except LBError as err:
             self.notes.append(f"SSIM_W skipped: the face-swap model could not be trained ({err})")
             return None, {"mode": "none"}
+        with contextlib.suppress(OSError):
+            stamp.unlink()  # the stamp vouches for the weights: never leave it beside others
         swapper.save(cache)
         stamp.write_text(json.dumps(_json_safe(ident), indent=1))
         self.notes.append(f"SSIM_W uses a small face-swap model trained here on the evaluation faces "
@@ -874,6 +877,9 @@ class _Evaluation:
         nan = {k: float("nan") for k in keys}
         if self.swapper is None or lm_clean.shape[0] not in (68, 98):
             return nan
+        if np.array_equal(lm_clean, lm_adv) and np.array_equal(clean, adv):
+            # the same image and landmarks synthesise the same DeepFake (the clean rows)
+            return {**{k: 1.0 for k in keys[:4]}, "alignment_shift_iod": 0.0}
         try:
             r = fast_ssim_w(clean, adv, lm_clean, lm_adv, self.swapper, box)
         except (LBError, np.linalg.LinAlgError, ValueError):
@@ -959,6 +965,11 @@ def evaluate(
     settings_hash = _hash(settings)
     partial = out / "partial"
     partial.mkdir(exist_ok=True)
+    for stale in [*partial.glob(".*.lbtmp-*"), *out.glob(".results.lbtmp-*"), *out.glob(".report.lbtmp-*"),
+                  *out.glob(".fig[34].lbtmp-*")]:
+        # a temporary file left by a killed run (finished units are renamed into place whole)
+        with contextlib.suppress(OSError):
+            stale.unlink()
     rows: list[dict[str, Any]] = []
     resumed = 0
     bar = tqdm(total=len(units) * len(run.batches), desc="lb evaluate", unit="batch", disable=not progress,

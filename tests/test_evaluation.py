@@ -13,6 +13,18 @@ import pytest
 
 from lbcore.errors import SpecError
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a small shared CPU, thread contention makes the small networks of
+    these tests (extractor crops, the face-swap autoencoder) ten times slower."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- parsing
 
 
