@@ -569,7 +569,7 @@ def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv
     x0, y0, x1, y1 = min(x0, ax0), min(y0, ay0), max(x1, ax1), max(y1, ay1)
     off = np.array([x0, y0], dtype=np.float64)
     r = ssim_w(clean[y0:y1, x0:x1], adv[y0:y1, x0:x1], lm_clean - off, lm_adv - off, swapper,
-               np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0]).as_dict()
+               list(np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0])).as_dict()
     out = {k: float(v) for k, v in r.items()}
     for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment"):
         out[k] = _uncrop_masked_ssim(out[k], (y1 - y0, x1 - x0), clean.shape[:2])
