@@ -226,7 +226,9 @@ def load_state_dict_strict(module: Any, state_dict: Mapping[str, Any], path: str
             parts.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:4])}{' ...' if len(shapes) > 4 else ''}")
-        raise WeightsError(f"{path}: does not fit {type(module).__name__}: " + " | ".join(parts))
+        err = WeightsError(f"{path}: does not fit {type(module).__name__}: " + " | ".join(parts))
+        err.mismatch = {"missing": missing, "unexpected": unexpected, "shapes": shapes}  # type: ignore[attr-defined]
+        raise err
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(bad)} tensors, e.g. {bad[0]}")

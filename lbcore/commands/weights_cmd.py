@@ -95,7 +95,18 @@ def inspect_weights(spec: str, path: Path, as_json: bool) -> None:
     pm = get_plugin_manager()
     comp = pm.get("extractors", name)
     info = describe_checkpoint(path, comp.metadata.get("pickle_allow"))
-    ext = pm.build("extractors", format_spec(name, {**params, "weights": str(path)}))
+    try:
+        ext = pm.build("extractors", format_spec(name, {**params, "weights": str(path)}))
+    except WeightsError as err:
+        mismatch = getattr(err, "mismatch", None)
+        if mismatch:  # the exact lists, one per line, before the one-line error
+            if as_json:
+                click.echo(json.dumps({**info, "spec": spec, "strict": False, **mismatch}, indent=2))
+            else:
+                for what, items in mismatch.items():
+                    for item in items:
+                        click.echo(f"{what}: {item}")
+        raise
     n_params = sum(int(p.numel()) for p in ext.parameters())
     n_state = len(ext.state_dict())
     info.update({"spec": spec, "extractor": name, "model_keys": n_state, "parameters": n_params,
