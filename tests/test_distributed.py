@@ -1,0 +1,165 @@
+"""Scale-out with torch.distributed / torchrun: sharding, merging, two CPU workers on 127.0.0.1,
+a lost worker and the rerun that completes exactly the missing files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lbcore.distributed import PARTS_DIR, WorkerInfo, merge_reports, shard, worker_info
+from lbcore.errors import SpecError
+
+TINY_FAN = "fan:weights=none,width=16,landmarks=68,resolution=64"
+
+
+def test_shard_balances_sizes_and_covers_everything():
+    sizes = [100, 10, 10, 90, 5, 5, 50, 40]
+    parts = shard(sizes, 3)
+    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= 15, loads
+    assert parts == shard(sizes, 3)  # every worker computes the same split
+    assert shard([1, 1, 1], 1) == [[0, 1, 2]]
+    assert shard([], 2) == [[], []]
+    assert shard([7, 7, 7, 7], 2) == [[0, 2], [1, 3]]  # ties: alternate, lower rank first
+    with pytest.raises(SpecError):
+        shard([1], 0)
+
+
+def test_worker_info_from_torchrun_environment():
+    info = worker_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "TORCHELASTIC_RESTART_COUNT": "2"})
+    assert info == WorkerInfo(rank=3, world_size=4, local_rank=1, restart=2) and info.distributed
+    assert not worker_info({}).distributed
+    with pytest.raises(SpecError, match="RANK=4 with WORLD_SIZE=4"):
+        worker_info({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(SpecError, match="bad torchrun environment"):
+        worker_info({"RANK": "x"})
+
+
+def test_merge_keeps_input_order_and_recomputes_the_summary():
+    from lbcore.protect import ProtectOptions
+
+    def face(nme):
+        return {"extractors": {"e": {"nme": nme, "broken": nme > 0.1, "attacked": True}}, "ssim": 0.99}
+
+    parts = [
+        {"settings": {"device": "cuda:0", "eps": 15}, "notes": ["a"], "seconds": 3.0, "worker": {"rank": 0},
+         "files": [{"input": "x0", "status": "protected", "faces": [face(0.3)], "index": 0},
+                   {"input": "x2", "status": "error", "error": "bad", "index": 2}]},
+        {"settings": {"device": "cuda:1", "eps": 15}, "notes": ["a", "b"], "seconds": 5.0, "worker": {"rank": 1},
+         "files": [{"input": "x1", "status": "done earlier", "faces": [face(0.05)], "index": 1}]},
+    ]
+    rep = merge_reports(parts, ProtectOptions())
+    assert [f["input"] for f in rep["files"]] == ["x0", "x1", "x2"]
+    assert all("index" not in f for f in rep["files"])
+    assert rep["notes"] == ["a", "b"]
+    assert rep["settings"]["device"] == ["cuda:0", "cuda:1"]
+    assert rep["summary"]["faces"] == 2 and rep["summary"]["faces_broken_all_attacked"] == 1
+    assert rep["summary"]["files"] == {"protected": 1, "error": 1, "done earlier": 1}
+    assert rep["seconds"] == 5.0 and [w["files"] for w in rep["workers"]] == [2, 1]
+
+
+def test_single_process_is_plain_protect(tmp_path):
+    pytest.importorskip("lb_fan")
+    from lbcore.distributed import protect_distributed
+    from lbcore.protect import ProtectOptions
+
+    src = _images(tmp_path / "in", 2)
+    opts = ProtectOptions(extractors=(TINY_FAN,), steps=1, boxes=((10.0, 10.0, 60.0, 60.0),),
+                          check_compression=False, device="cpu")
+    rep = protect_distributed([src], tmp_path / "out", opts, info=WorkerInfo())
+    assert [f["status"] for f in rep["files"]] == ["protected", "protected"]
+    assert not (tmp_path / "out" / PARTS_DIR).exists()
+
+
+def _images(folder: Path, n: int) -> Path:
+    from lbcore.io import write_image_atomic
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / ("sub" if i % 2 else "") / f"img{i}.png"
+        write_image_atomic(sub, (rng.random((72, 80, 3)) * 255).astype(np.uint8))
+    return folder
+
+
+def _outputs(out: Path) -> list[Path]:
+    """Protected images (a worker killed while writing may leave a hidden temporary file)."""
+    return [p for p in out.rglob("*.png") if not p.name.startswith(".")]
+
+
+def _errors(out: Path) -> list[str]:
+    """Error records in the workers' report parts (for failure messages)."""
+    found = []
+    for part in (out / PARTS_DIR).glob("*.json"):
+        found += [f.get("error", "") for f in json.loads(part.read_text())["files"] if f["status"] == "error"]
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _torchrun(src: Path, out: Path, *extra: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), *extra, "-m", "lbcore", "distributed", "protect", str(src),
+           "-o", str(out), "--extractor", TINY_FAN, "--steps", "2", "--box", "10,10,60,60",
+           "--no-compression-check", "--device", "cpu", "--json"]
+    # own session: on a timeout the whole group (torchrun and its workers) is stopped
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 180 s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_two_cpu_workers_lost_worker_and_rerun(tmp_path):
+    """torchrun, 2 workers on 127.0.0.1. Run 1 loses worker 1 after its first file: the
+    command fails, finished files are complete. Run 2 (same command, --max-restarts 1, and
+    worker 1 lost again on the first attempt) completes exactly the missing files."""
+    pytest.importorskip("lb_fan")
+    src = _images(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LB_TEST_DISTRIBUTED_FAIL": "1:1"}
+    first = _torchrun(src, out, env=env)
+    assert first.returncode != 0
+    assert "exitcode  : 17" in first.stderr or "exitcode: 17" in first.stderr.replace(" ", "")
+    # finished = output and sidecar in place (a worker stopped between the two left an
+    # output without a sidecar: unfinished, and redone)
+    finished = {p.name: p.stat().st_mtime_ns for p in _outputs(out) if p.with_name(p.name + ".lb.json").exists()}
+    assert 1 <= len(finished) < 6, (finished, first.stderr[-3000:])  # worker 1 did a file before it was lost
+    assert not (out / "report.json").exists()
+
+    env["LB_TEST_DISTRIBUTED_FAIL"] = "1:1:first"  # lost again, then torchrun restarts the group
+    second = _torchrun(src, out, "--max-restarts", "1", env=env)
+    assert second.returncode == 0, (_errors(out), second.stderr[-3000:])
+    report = json.loads(second.stdout)
+    assert report.pop("report_path") == str(out / "report.json")
+    assert report == json.loads((out / "report.json").read_text())
+    names = [Path(f["input"]).name for f in report["files"]]
+    assert names == ["img0.png", "img2.png", "img4.png", "img1.png", "img3.png", "img5.png"]  # input order
+    status = {Path(f["input"]).name: f["status"] for f in report["files"]}
+    # files finished before the first loss were not redone (nor were those the restarted
+    # group's lost first attempt finished); every other file is protected now
+    assert all(status[name] == "done earlier" for name in finished), (status, first.stderr[-3000:])
+    assert set(status.values()) <= {"protected", "done earlier"}
+    assert sum(st == "protected" for st in status.values()) >= 1
+    for p in _outputs(out):
+        if p.name in finished:
+            assert p.stat().st_mtime_ns == finished[p.name], (p, first.stderr[-3000:])  # untouched
+    assert len(_outputs(out)) == 6
+    assert sorted(w["rank"] for w in report["workers"]) == [0, 1]
+    assert report["summary"]["faces"] == 6
