@@ -33,7 +33,7 @@ def fresh_pm():
 
 @pytest.fixture(scope="session")
 def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A small FAN (68 points, width 32) trained once per session on ../shared's faces.
+    """A small FAN (68 points, width 32, 128 px) trained once per session on ../shared's faces.
 
     Trained with :func:`lbcore.training.train` on the dlib_faces XML faces (dlib pseudo labels)
     and the four faces68 photos; starts from the embedded demonstration weights when they are
@@ -49,9 +49,9 @@ def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     pm = get_plugin_manager()
     if "fan" not in pm.components("extractors"):
         pytest.skip("the lb_fan plugin is not installed")
-    spec = "fan:modules=1,landmarks=68,width=32"
+    spec = "fan:modules=1,landmarks=68,width=32,resolution=128"  # the fan-demo architecture
     try:
-        extractor = pm.build("extractors", spec)
+        extractor = pm.build("extractors", "fan-demo")
     except WeightsError:
         # from random weights a few CPU minutes do not fit these faces; the short run
         # fine-tunes the embedded demonstration model
@@ -64,7 +64,7 @@ def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     ]
     samples = prepare_samples(records)
     recipe = PAPER_RECIPES["generic"].replace(
-        lr=1e-3, sigma=1.5, batch_size=8, epochs=1,
+        lr=1e-3, sigma=1.5, fg_weight=10.0, batch_size=8, epochs=1,
         augment=Augment(scale=0.1, rotation=10.0, translation=0.03, flip=0.0, colour=0.2, grey=0.0, blur=0.0),
     )
     steps = int(os.environ.get("LB_TRAIN_TEST_STEPS", "60"))
