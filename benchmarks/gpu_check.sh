@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The device check for one GPU (H100/H200), prepared to run in one go within a few minutes:
+#   bash benchmarks/gpu_check.sh [OUTDIR]
+# 1. the CUDA tests of the engine and the benchmark; 2. lb bench on HRNet-W18 / FAN (LB, T=20,
+# bf16, channels-last) at batches 32..256 with the per-image fp32 baseline; 3. the 1-minute
+# 720p single-face video end to end. Figures land in OUTDIR (default: benchmarks/out).
+set -u
+out=${1:-benchmarks/out}
+mkdir -p "$out"
+py=${PYTHON:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+timeout 120 $py -m pytest -q tests/test_engine.py tests/test_bench.py -k "cuda or device" 2>&1 | tail -3 | tee "$out/tests.txt"
+timeout 240 $py benchmarks/bench_table.py --run gpu --save "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
+timeout 200 $py benchmarks/video_e2e.py --frames 1800 --size 1280x720 --device cuda --batch-size 64 2>&1 | tee "$out/video.txt"
