@@ -333,15 +333,22 @@ def _describe_device(dev: Any) -> str:
     return f"cpu: {model}, {torch.get_num_threads()} thread(s) of {os.cpu_count()} core(s)"
 
 
-def _timed(fn: Callable[[], Any], dev: Any, repeat: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
+def _timed(fn: Callable[[], Any], dev: Any, repeat: int) -> tuple[float, float, Any]:
+    """Best wall-clock seconds, the process CPU seconds of that run, and the result.
+
+    CPU seconds count the work this process did whatever else runs on the machine: on a
+    shared CPU they compare the engine and the baseline fairly when wall time does not.
+    """
+    best, best_cpu, result = float("inf"), float("inf"), None
     for _ in range(max(1, repeat)):
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if wall < best:
+            best, best_cpu = wall, cpu
+    return best, best_cpu, result
 
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -395,12 +402,12 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             config = preset(name, steps=options.steps, seed=options.seed)
             steps = 1 if PRESETS[name].get("steps") == 1 else options.steps
             face_flops = steps * flops["step"] + 2 * flops["forward"]  # + clean and final passes
-            base_fps = base_loss = None
+            base_fps = base_cpu_fps = base_loss = None
             nb = min(options.baseline_faces, max(options.batches))
             if options.baseline and nb > 0:
                 x, f = pool_images[:nb], _first_faces(pool_faces, nb)
-                secs, adv = _timed(partial(baseline_attack, x, f, ext, config, device=dev, plugin_manager=pm), dev, 1)
-                base_fps = nb / secs
+                secs, cpu_secs, adv = _timed(partial(baseline_attack, x, f, ext, config, device=dev, plugin_manager=pm), dev, 1)
+                base_fps, base_cpu_fps = nb / secs, nb / max(cpu_secs, 1e-9)
                 base_loss = _mean_loss(ext, x, f, adv, config, pm, dev)
                 log(f"{spec} {name}: baseline {base_fps:.3f} faces/s ({nb} faces, one at a time, fp32)")
             # warm-up: compile, oneDNN/cuDNN primitive caches
@@ -409,15 +416,19 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             for b in options.batches:
                 x, f = pool_images[:b], _first_faces(pool_faces, b)
                 with _PeakMemory(dev) as mem:
-                    secs, res = _timed(partial(attack, x, f, ext, config, device=dev, plugin_manager=pm,
+                    secs, cpu_secs, res = _timed(partial(attack, x, f, ext, config, device=dev, plugin_manager=pm,
                                                performance=perf), dev, options.repeat)
-                fps = b / secs
+                fps, cpu_fps = b / secs, b / max(cpu_secs, 1e-9)
+                on_cpu = dev.type == "cpu"
                 row = {
                     "extractor": spec, "attack": name, "batch": b, "steps": steps, "amp": amp,
                     "faces_per_s": round(fps, 4),
                     "baseline_faces_per_s": None if base_fps is None else round(base_fps, 4),
                     "speedup": None if base_fps is None else round(fps / base_fps, 2),
                     "peak_mem_mb": round(mem.peak_mb, 1),
+                    "faces_per_cpu_s": round(cpu_fps, 4) if on_cpu else None,
+                    "baseline_faces_per_cpu_s": round(base_cpu_fps, 4) if on_cpu and base_cpu_fps else None,
+                    "speedup_cpu": round(cpu_fps / base_cpu_fps, 2) if on_cpu and base_cpu_fps else None,
                     "gflop_per_face": round(face_flops / 1e9, 2),
                     "tflops": round(fps * face_flops / 1e12, 4),
                     "flop_utilisation": round(fps * face_flops / peak, 4),
@@ -461,8 +472,11 @@ def _check_targets(result: dict[str, Any]) -> list[str]:
                 continue
             if "batch" in t and row["batch"] == t["batch"] and row["speedup"] is not None:
                 ok = row["speedup"] >= t["speedup"]
-                lines.append(f"{t['what']}: {row['extractor']} {row['attack']} {row['speedup']}x "
-                             f"-> {'met' if ok else 'NOT met'}")
+                cpu = row.get("speedup_cpu")
+                ok_cpu = cpu is not None and cpu >= t["speedup"]
+                lines.append(f"{t['what']}: {row['extractor']} {row['attack']} {row['speedup']}x wall-clock "
+                             f"-> {'met' if ok else 'NOT met'}"
+                             + ("" if cpu is None else f"; {cpu}x in CPU time -> {'met' if ok_cpu else 'NOT met'}"))
             elif "faces_per_s" in t and row["attack"] == t.get("attack") and row["steps"] == 20:
                 ok = row["faces_per_s"] >= t["faces_per_s"]
                 lines.append(f"{t['what']}: {row['extractor']} batch {row['batch']} {row['faces_per_s']:.0f} faces/s "
@@ -480,6 +494,8 @@ def format_table(result: dict[str, Any]) -> list[str]:
     for r in result["rows"]:
         base = "-" if r["baseline_faces_per_s"] is None else f"{r['baseline_faces_per_s']:.3f}"
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        if r.get("speedup_cpu") is not None:
+            speed += f" ({r['speedup_cpu']:.2f}x cpu-time)"
         lines.append(f"{r['extractor'][:34]:34s} {r['attack']:7s} {r['batch']:5d} {r['faces_per_s']:9.3f} {base:>9s} "
                      f"{speed:>7s} {r['peak_mem_mb']:8.1f} {r['tflops']:8.4f} {100 * r['flop_utilisation']:5.1f}%")
     lines.append("targets: " + "; ".join(result["targets"]))
@@ -489,13 +505,15 @@ def format_table(result: dict[str, Any]) -> list[str]:
 
 def speedup_table_markdown(results: Sequence[dict[str, Any]]) -> str:
     """A README table from one or more runs."""
-    out = ["| device | extractor | attack | batch | faces/s | baseline faces/s | speedup | peak MB | TFLOP/s (util) |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| device | extractor | attack | amp | batch | faces/s | baseline faces/s | speedup (wall) | speedup (CPU time) "
+           "| peak MB | TFLOP/s (util) |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         for r in res["rows"]:
             base = "-" if r["baseline_faces_per_s"] is None else f"{r['baseline_faces_per_s']:.3f}"
             speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-            out.append(f"| {res['device']} | `{r['extractor']}` | {r['attack']} | {r['batch']} | {r['faces_per_s']:.3f} "
-                       f"| {base} | {speed} | {r['peak_mem_mb']:.0f} | {r['tflops']:.3f} "
+            cpu = "-" if r.get("speedup_cpu") is None else f"{r['speedup_cpu']:.2f}x"
+            out.append(f"| {res['device']} | `{r['extractor']}` | {r['attack']} | {r.get('amp', '-')} | {r['batch']} "
+                       f"| {r['faces_per_s']:.3f} | {base} | {speed} | {cpu} | {r['peak_mem_mb']:.0f} | {r['tflops']:.3f} "
                        f"({100 * r['flop_utilisation']:.1f}%) |")
     return "\n".join(out)
