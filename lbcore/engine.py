@@ -283,7 +283,7 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
     for e in exts:
         e.to(dev).eval()
         if perf.channels_last:
-            e.to(memory_format=torch.channels_last)
+            e.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # Only the image's gradient is needed: no weight gradients are computed or stored.
         for p in e.parameters():
             p.requires_grad_(False)
