@@ -7,6 +7,7 @@ one-line :class:`~lbcore.errors.SpecError` messages listing what is valid.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -116,7 +117,10 @@ def _coerce(value: str, ann: Any, key: str, spec_name: str) -> Any:
         if ann is int:
             return int(value)
         if ann is float:
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise SpecError(f"{spec_name}: {key}={value!r} must be a finite number")
+            return f
         if ann is str:
             return value
     except ValueError:

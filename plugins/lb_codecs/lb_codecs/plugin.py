@@ -64,6 +64,8 @@ def resize(scale: float = 0.5) -> Any:
     """Downscale by a factor (anti-aliased) and scale back to the original size."""
     from lb_codecs.stages import Resize
 
+    if not 0.01 <= scale <= 4.0:
+        raise SpecError(f"resize: scale={scale} must lie in [0.01, 4]")
     return Resize(scale=scale)
 
 
@@ -71,6 +73,8 @@ def blur(sigma: float = 1.0) -> Any:
     """Gaussian blur with a standard deviation in pixels."""
     from lb_codecs.stages import GaussianBlur
 
+    if not 0.05 <= sigma <= 50.0:  # the kernel grows with sigma: 50 px is already a huge blur
+        raise SpecError(f"blur: sigma={sigma} must lie in [0.05, 50]")
     return GaussianBlur(sigma=sigma)
 
 
