@@ -68,7 +68,7 @@ class DlibHogDetector(Detector):
     crop rules expect.
     """
 
-    def __init__(self, upsample: int = 1, threshold: float = 0.0) -> None:
+    def __init__(self, upsample: int = 1, threshold: float = 0.3) -> None:
         try:
             import dlib
         except ImportError:
