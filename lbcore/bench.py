@@ -489,7 +489,7 @@ def format_table(result: dict[str, Any]) -> list[str]:
     lines = [f"device: {result['device']}; torch {result['torch']}; load average "
              f"{', '.join(f'{v:.2f}' for v in result['load_average'] or [])}",
              f"peak: {result['peak_tflops']} TFLOP/s ({result['peak_source']})",
-             f"{'extractor':34s} {'attack':7s} {'batch':>5s} {'faces/s':>9s} {'baseline':>9s} {'speedup':>7s} "
+             f"{'extractor':34s} {'attack':7s} {'batch':>5s} {'faces/s':>9s} {'baseline':>9s} {'speedup':>24s} "
              f"{'mem MB':>8s} {'TFLOP/s':>8s} {'util':>6s}"]
     for r in result["rows"]:
         base = "-" if r["baseline_faces_per_s"] is None else f"{r['baseline_faces_per_s']:.3f}"
@@ -497,7 +497,7 @@ def format_table(result: dict[str, Any]) -> list[str]:
         if r.get("speedup_cpu") is not None:
             speed += f" ({r['speedup_cpu']:.2f}x cpu-time)"
         lines.append(f"{r['extractor'][:34]:34s} {r['attack']:7s} {r['batch']:5d} {r['faces_per_s']:9.3f} {base:>9s} "
-                     f"{speed:>7s} {r['peak_mem_mb']:8.1f} {r['tflops']:8.4f} {100 * r['flop_utilisation']:5.1f}%")
+                     f"{speed:>24s} {r['peak_mem_mb']:8.1f} {r['tflops']:8.4f} {100 * r['flop_utilisation']:5.1f}%")
     lines.append("targets: " + "; ".join(result["targets"]))
     lines += [f"  {line}" for line in result.get("target_checks", [])]
     return lines
