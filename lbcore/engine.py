@@ -309,6 +309,9 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
     steps_taken = torch.zeros(n_img, dtype=torch.long, device=dev)
     steps = config.steps if rule.max_steps is None else min(config.steps, rule.max_steps)
     history: list[list[float]] = []
+    # Pixels no extractor ever sees (outside every face crop) get no gradient; they are put
+    # back to their clean values at the end, so a random start changes nothing outside faces.
+    touched = torch.zeros_like(x, dtype=torch.bool)
 
     for t in range(steps):
         if not bool(active.any()):
@@ -328,6 +331,8 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
             grad = g if grad is None else grad + g
             total += _per_image(per_face.detach(), faces.image_index, n_img)
         history.append(total.tolist())
+        assert grad is not None
+        touched |= grad != 0
         use_mix = mix_rule is not None and t % 2 == 1
         assert grad is not None
         with torch.no_grad():
@@ -347,6 +352,7 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
             steps_taken += active.long()
 
     with torch.no_grad():
+        x_adv = torch.where(touched, x_adv, x)
         # 8-bit output: round, then re-check the budget after rounding.
         x_adv = x_adv.round()
         x_adv = torch.min(torch.max(x_adv, torch.ceil(x - eps - 1e-6)), torch.floor(x + eps + 1e-6))

@@ -164,3 +164,12 @@ def test_cuda_matches_device(tiny_extractor, batch):
     images, faces = batch
     res = attack(images, faces, tiny_extractor, preset("lb", steps=3), device="cuda")
     assert res.adversarial.device.type == "cuda"
+
+
+def test_random_start_leaves_pixels_outside_faces_alone(tiny_extractor):
+    images = (torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 255).round()
+    faces = Faces(torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.tensor([0]))
+    res = attack(images, faces, tiny_extractor, preset("lb", steps=3, random_start=1.0))
+    changed = (res.adversarial != images).any(dim=1)[0]
+    assert bool(changed[12:38, 12:38].any())
+    assert not bool(changed[:, 45:].any()) and not bool(changed[45:, :].any())

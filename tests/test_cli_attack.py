@@ -1,0 +1,68 @@
+"""``lb attack`` and ``lb list`` run as a user would, on real photos, with a plugin installed
+through a real entry point (the tiny test extractor)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _lb(*args):
+    return subprocess.run([sys.executable, "-m", "lbcore", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_attack_writes_png_within_budget(tiny_plugin, shared, tmp_path):
+    import cv2
+
+    src = tmp_path / "in" / "obama-240p.jpg"
+    src.parent.mkdir()
+    shutil.copy(shared / "data" / "photos" / "obama-240p.jpg", src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    res = _lb("attack", src, "-o", out, "--extractor", "tiny", "--extractor", "tiny:seed=3",
+              "--attack", "lb", "--box", "180,25,260,105", "--json")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    assert row["faces"] == 1 and row["loss"] < row["clean_loss"] and row["linf"] == 15.0
+    assert row["clean_loss"] == 10.0  # two extractors x 5 heat-maps, identical at the start
+    adv = cv2.imread(str(out / "obama-240p.png")).astype(int)
+    clean = cv2.imread(str(src)).astype(int)
+    diff = np.abs(adv - clean)
+    assert diff.max() == 15
+    assert diff[:20].max() == 0  # outside the (cropped) face region nothing changes
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+
+
+def test_attack_detects_faces_and_refuses_overwrite(tiny_plugin, shared, tmp_path):
+    src = tmp_path / "two_people.jpg"
+    shutil.copy(shared / "data" / "photos" / "two_people.jpg", src)
+    res = _lb("attack", src, "-o", tmp_path / "o", "--extractor", "tiny", "--steps", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["faces"] == 2
+    png = tmp_path / "in.png"
+    shutil.copy(tmp_path / "o" / "two_people.png", png)
+    res = _lb("attack", png, "-o", tmp_path, "--extractor", "tiny", "--steps", "1", "--box", "0,0,50,50")
+    assert res.returncode == 1
+    assert "refusing to write over the input" in res.stderr
+
+
+def test_attack_bad_spec_is_one_line(tiny_plugin, tmp_path):
+    res = _lb("attack", tmp_path / "x.png", "-o", tmp_path, "--extractor", "tiny:size=3")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "lb: error: tiny:size=3: unknown parameter 'size' (valid: points, seed)"
+
+
+def test_list_kinds(tiny_plugin):
+    res = _lb("list", "extractors", "--json")
+    names = {r["name"]: r for r in json.loads(res.stdout)}
+    assert names["tiny"]["distribution"] == "lb-test-tiny"
+    assert names["tiny"]["summary"] == "Tiny random heat-map network for tests."
+    res = _lb("list", "attacks")
+    assert [ln.split()[0] for ln in res.stdout.splitlines()] == ["base1", "base2", "lb", "lbtrans", "lbmix"]
