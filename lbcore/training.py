@@ -218,22 +218,10 @@ class Sample:
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB through :func:`lbcore.io.read_image` (size guard, EXIF
-    orientation), or OpenCV where that module is absent."""
-    try:
-        from lbcore.io import read_image
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        rgb = getattr(read_image(path), "rgb", None)
-        if rgb is not None:
-            return np.ascontiguousarray(rgb, dtype=np.uint8)
-    import cv2
+    """``(H, W, 3)`` uint8 RGB through :func:`lbcore.io.read_image` (size guard, EXIF orientation)."""
+    from lbcore.io import read_image
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"{path}: cannot read image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(read_image(path).rgb, dtype=np.uint8)
 
 
 def _box_of(face: Any) -> np.ndarray:

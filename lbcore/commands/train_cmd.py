@@ -12,7 +12,7 @@ FORMATS = ["pts", "wflw", "dlib-xml"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def load_faces(path: str, fmt: str, image_root: str | None = None) -> list[Any]:
+def load_faces(path: str, fmt: Any, image_root: str | None = None) -> list[Any]:
     """Annotated faces from ``path`` through :func:`lbcore.data.load_annotations`
     (records without landmarks are dropped)."""
     from lbcore.data import load_annotations

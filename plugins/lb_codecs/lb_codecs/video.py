@@ -236,6 +236,7 @@ def encode_chunks(
             elif tuple(arr.shape[1:3]) != size:
                 raise LBError(f"video frames must all have one size: got {arr.shape[2]}x{arr.shape[1]} "
                               f"after {size[1]}x{size[0]}")
+            assert stream is not None
             for frame in arr:
                 if codec.needs_even:
                     frame = _pad_even(frame)
