@@ -20,7 +20,7 @@ Protocol an extractor may follow (all optional):
   ``extra["stacks"]`` (a ``(S, F, K, h, w)`` tensor) is accepted too.
 * ``weights_module``: the sub-module whose ``state_dict`` is the published layout (what the
   factory's ``weights=PATH`` loads); default: the ``net`` attribute, else the extractor.
-* ``decode_theta(boxes, hm_size)``: the heat-map -> image map the extractor's ``decode`` uses
+* ``decode_theta_for_boxes(boxes, hm_size)``: the heat-map -> image map the extractor's ``decode`` uses
   when it differs from the crop's true geometry (``heatmap_theta``), as in face-alignment's
   FAN. Targets are then placed through it, so ``decode`` returns the annotated point exactly
   (the originals' training code drew targets with the same map it decoded with).
@@ -453,7 +453,7 @@ def _heatmap_points(
     """
     hm_theta = extractor.heatmap_theta(theta, hm_size)
     pts = apply_affine(_invert_affine(hm_theta), lm)
-    decode_theta = getattr(extractor, "decode_theta", None)
+    decode_theta = getattr(extractor, "decode_theta_for_boxes", None)
     if callable(decode_theta):
         boxes = torch.from_numpy(np.stack([s.box for s in batch])).to(device)
         geo = extractor.heatmap_theta(extractor.crop_theta(boxes), hm_size).double()

@@ -295,3 +295,23 @@ def test_short_training_on_real_faces_then_the_attack_breaks_it(trained_fan: Any
         broken.append(float(_nme(pred, torch.from_numpy(s.landmarks)[None], extractor.scheme)[0]))
         assert float(res.linf.max()) <= 15.0
     assert float(np.mean(broken)) > 0.5, broken
+
+
+def test_hrnet_trains_and_its_checkpoint_inspects_strictly(tmp_path: Path, shared: Path) -> None:
+    """The trainer serves HRNet too (reduced width for CPU): its checkpoint, in the published
+    layout, loads strictly through `lb weights inspect`."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "hrnet.pth"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    spec = "hrnet:width=8,landmarks=68"
+    res = subprocess.run([sys.executable, "-m", "lbcore", "train", spec, "--data", str(shared / "data" / "faces68"),
+                          "--format", "pts", "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
+                          "--batch-size", "2", "--no-progress"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "lbcore", "weights", "inspect", spec, str(out), "--json"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["keys"] == info["model_keys"] == 1839 and info["module_prefix"] is True

@@ -232,6 +232,11 @@ class FANExtractor(HeatmapExtractor):
         out.extra["decode_theta"] = face_alignment_decode_theta(faces.boxes.to(images.device), hm_size)
         return out
 
+    def decode_theta_for_boxes(self, boxes: torch.Tensor, hm_size: tuple[int, int]) -> torch.Tensor:
+        """The original's decode map for face boxes (the trainer places its targets through it,
+        so training and decoding agree)."""
+        return face_alignment_decode_theta(boxes, hm_size)
+
     def decode(self, output: ExtractorOutput) -> torch.Tensor:
         """Landmarks ``(F, K, 2)`` by ``get_preds_fromhm`` (float, or integers with ``truncate``).
 

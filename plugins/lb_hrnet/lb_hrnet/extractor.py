@@ -126,6 +126,17 @@ class HRNetExtractor(HeatmapExtractor):
         theta[:, :, 2] = b
         return theta.to(torch.float32)
 
+    @property
+    def weights_module(self) -> torch.nn.Module:
+        """The network whose state dict is the published checkpoint layout."""
+        return self.network
+
+    def decode_theta_for_boxes(self, boxes: torch.Tensor, hm_size: tuple[int, int]) -> torch.Tensor:
+        """The decode map of :meth:`decode_theta` for face boxes (the trainer places its
+        targets through it, so training and decoding agree)."""
+        center, scale = self.center_scale(boxes)
+        return self.decode_theta(center, scale, hm_size)
+
     def decode_theta(self, center: torch.Tensor, scale: torch.Tensor, hm_size: tuple[int, int]) -> torch.Tensor:
         """The original's inverse ``get_transform`` for 0-based heat-map pixels (float64).
 
