@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -131,6 +132,7 @@ class _Run:
         self.pm = get_plugin_manager()
         self.notes: list[str] = []
         self.log = progress or (lambda s: None)
+        self.bars = False
         if options.extractors:
             self.attacked = {s: self.pm.build("extractors", s) for s in options.extractors}
         else:
@@ -365,14 +367,22 @@ class _Run:
                     writer.write(frame, t)
                 chunk.clear()
 
+            from tqdm import tqdm
+
+            frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
+                              leave=False, disable=not self.bars, file=sys.stderr)
             for rgb, t in iter_video_frames_timed(entry.path, **kwargs):
                 chunk.append((rgb, t))
                 n_frames += 1
                 if len(chunk) >= self.o.batch_size:
+                    frames_bar.update(len(chunk))
                     flush()
-                    self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
+                    if not self.bars:
+                        self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
             if chunk:
+                frames_bar.update(len(chunk))
                 flush()
+            frames_bar.close()
         summary: dict[str, Any] = {}
         for spec in [*self.attacked, *self.held]:
             vals = stats.get(spec, [])
@@ -395,6 +405,7 @@ def protect(
     options: ProtectOptions | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    progress_bar: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Protect every face in the given images, folders and videos; return the report.
@@ -404,6 +415,7 @@ def protect(
         out_dir: output folder (must not be one of the input folders).
         options: a :class:`ProtectOptions`; keyword arguments override its fields.
         progress: called with a line of text as work advances.
+        progress_bar: show tqdm progress bars (files, and frames of each video) on stderr.
 
     Returns:
         The report (also written to ``out_dir/report.json``): ``settings``, ``notes``, ``files``
@@ -421,7 +433,19 @@ def protect(
             raise SpecError(f"{out}: the output folder must not be (inside) the input folder {p}")
     entries = list(iter_inputs(paths, exclude=[out]))
     files = [e.path for e in entries if e.kind in ("image", "video")]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(entries), unit="file", desc="protect", disable=not progress_bar, file=sys.stderr)
+    if progress_bar and progress is not None:
+        user_log = progress
+
+        def progress(line: str) -> None:
+            bar.clear()
+            user_log(line)
+            bar.refresh()
+
     run = _Run(options, out, files, progress)
+    run.bars = progress_bar
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -430,6 +454,7 @@ def protect(
         if entry.kind in ("error", "skip"):
             records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
                             "error": entry.error})
+            bar.update(1)
             continue
         name = display_path(entry.path)
         target = run.output_path(entry)
@@ -441,6 +466,7 @@ def protect(
                             f"{display_path(claimed[target])}; skipped (rename one of them)"}
             records.append(rec)
             run.log(f"{name}: {rec['status']}")
+            bar.update(1)
             continue
         claimed[target] = entry.path
         try:
@@ -459,6 +485,8 @@ def protect(
                             "please report this"}
         records.append(rec)
         run.log(f"{name}: {rec['status']}")
+        bar.update(1)
+    bar.close()
     report = {
         "settings": {**options.settings(), "extractors": list(run.attacked), "held_out": list(run.held),
                      "eps": run.config.eps, "steps": run.config.steps, "threshold": options.threshold,

@@ -122,7 +122,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
     )
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
-    report = protect(paths, outdir, options, progress=log)
+    report = protect(paths, outdir, options, progress=log, progress_bar=not (quiet or as_json))
     report["report_path"] = str(outdir / "report.json")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
