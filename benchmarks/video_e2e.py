@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary input and output")
     args = ap.parse_args()
     from lbcore.io import VideoWriter
-    from lbcore.protect import protect
+    from lbcore.protection import protect
 
     w, h = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="lb-video-e2e-"))

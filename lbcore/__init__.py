@@ -45,8 +45,8 @@ _LAZY = {
     "get_plugin_manager": "lbcore.plugins",
     "parse_spec": "lbcore.spec",
     # end-user path
-    "protect": "lbcore.protect",
-    "ProtectOptions": "lbcore.protect",
+    "protect": "lbcore.protection",
+    "ProtectOptions": "lbcore.protection",
     # weights
     "WeightsFile": "lbcore.weights",
     "resolve_weights": "lbcore.weights",

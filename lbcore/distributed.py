@@ -130,14 +130,14 @@ def protect_distributed(
     progress: Callable[[str], None] | None = None,
     info: WorkerInfo | None = None,
 ) -> dict[str, Any]:
-    """:func:`lbcore.protect.protect` over the workers of a ``torchrun`` group.
+    """:func:`lbcore.protection.protect` over the workers of a ``torchrun`` group.
 
     Run by every worker with the same arguments. Returns the merged report on rank 0 (also
     written to ``out_dir/report.json``) and this worker's part on the others. With one worker
     (no torchrun) it is the plain, single-process protect.
     """
     from lbcore.io import iter_inputs
-    from lbcore.protect import ProtectOptions, protect
+    from lbcore.protection import ProtectOptions, protect
 
     options = options or ProtectOptions()
     info = info or worker_info()
@@ -206,9 +206,9 @@ def _size(path: Path) -> int:
 
 def _protect_entries(entries: Sequence[Any], indices: Sequence[int], paths: Sequence[Path], out: Path,
                      options: Any, log: Callable[[str], None], info: WorkerInfo) -> dict[str, Any]:
-    """This worker's share of :func:`lbcore.protect.protect`'s loop (same records, same errors)."""
+    """This worker's share of :func:`lbcore.protection.protect`'s loop (same records, same errors)."""
     from lbcore.io import display_path
-    from lbcore.protect import _Run
+    from lbcore.protection import _Run
 
     files = [e.path for e in entries if e.kind in ("image", "video")]
     run = _Run(options, out, files, log)
@@ -293,7 +293,7 @@ def _read_part(out: Path, rank: int, world: int) -> dict[str, Any]:
 def merge_reports(parts: Sequence[dict[str, Any]], options: Any) -> dict[str, Any]:
     """One report from the workers' parts: files in input order, notes without repeats,
     the summary recomputed over all files, per-worker seconds and devices."""
-    from lbcore.protect import _summary
+    from lbcore.protection import _summary
 
     records = sorted((r for p in parts for r in p["files"]), key=lambda r: r.get("index", 0))
     for r in records:

@@ -45,7 +45,7 @@ def test_worker_info_from_torchrun_environment():
 
 
 def test_merge_keeps_input_order_and_recomputes_the_summary():
-    from lbcore.protect import ProtectOptions
+    from lbcore.protection import ProtectOptions
 
     def face(nme):
         return {"extractors": {"e": {"nme": nme, "broken": nme > 0.1, "attacked": True}}, "ssim": 0.99}
@@ -70,7 +70,7 @@ def test_merge_keeps_input_order_and_recomputes_the_summary():
 def test_single_process_is_plain_protect(tmp_path):
     pytest.importorskip("lb_fan")
     from lbcore.distributed import protect_distributed
-    from lbcore.protect import ProtectOptions
+    from lbcore.protection import ProtectOptions
 
     src = _images(tmp_path / "in", 2)
     opts = ProtectOptions(extractors=(TINY_FAN,), steps=1, boxes=((10.0, 10.0, 60.0, 60.0),),

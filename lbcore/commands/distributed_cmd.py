@@ -21,9 +21,9 @@ _CLI_ONLY = {"inputs", "outdir", "weights", "example", "quiet", "as_json", "boxe
 
 
 def options_from_cli(params: dict[str, Any]) -> Any:
-    """``lb protect``'s parsed parameters -> :class:`~lbcore.protect.ProtectOptions`."""
+    """``lb protect``'s parsed parameters -> :class:`~lbcore.protection.ProtectOptions`."""
     from lbcore.commands.attack_cmd import parse_box
-    from lbcore.protect import ProtectOptions
+    from lbcore.protection import ProtectOptions
 
     fields = {f.name for f in attrs.fields(ProtectOptions)}
     kwargs = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _CLI_ONLY}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
     Exit status: 0 all done, 1 some inputs failed, 2 bad usage, 3 missing weights/plugins.
     """
     from lbcore.errors import SpecError
-    from lbcore.protect import ProtectOptions, protect
+    from lbcore.protection import ProtectOptions, protect
 
     apply_weights_option(weights)
     paths = list(inputs)
@@ -122,7 +123,9 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
     )
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
-    report = protect(paths, outdir, options, progress=log, progress_bar=not (quiet or as_json))
+    # bars only for a person watching a terminal; logs and pipes get plain lines
+    bars = not (quiet or as_json) and sys.stderr.isatty()
+    report = protect(paths, outdir, options, progress=log, progress_bar=bars)
     report["report_path"] = str(outdir / "report.json")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

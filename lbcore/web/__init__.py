@@ -1,6 +1,6 @@
 """``lb serve``: a local web page for protecting photos, for people who do not use a terminal.
 
-:func:`create_app` builds the Flask application (it calls :func:`lbcore.protect.protect`, the
+:func:`create_app` builds the Flask application (it calls :func:`lbcore.protection.protect`, the
 same API as ``lb protect``); :func:`make_server` binds it to a host and port with werkzeug's
 WSGI server. Flask is imported only when this package is.
 """

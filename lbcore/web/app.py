@@ -1,6 +1,6 @@
 """The Flask application behind ``lb serve``: a page that protects photos and a short video.
 
-The page calls the same :func:`lbcore.protect.protect` as ``lb protect``; this module only
+The page calls the same :func:`lbcore.protection.protect` as ``lb protect``; this module only
 receives uploads, runs jobs, and presents the report (previews, plain-word numbers, downloads).
 
 Routes (JSON unless noted):
@@ -90,7 +90,7 @@ def create_app(
     """Build the web application.
 
     Args:
-        protect_options: extra :class:`lbcore.protect.ProtectOptions` fields for every job
+        protect_options: extra :class:`lbcore.protection.ProtectOptions` fields for every job
             (e.g. ``extractors``, ``device``, ``steps``); the page's strength and robust choices
             are added to them.
         max_upload_mb: largest upload per Protect (all files together), in MB.
@@ -101,7 +101,7 @@ def create_app(
             serving on another interface on purpose).
         session_ttl_s: idle seconds after which a session's files are deleted.
         temp_root: where the private temporary folder is made (default: the system's).
-        run: the protect function (default :func:`lbcore.protect.protect`; tests may wrap it).
+        run: the protect function (default :func:`lbcore.protection.protect`; tests may wrap it).
 
     Returns:
         The Flask app; ``app.extensions["lb_store"]`` is its :class:`SessionStore`, whose
@@ -109,7 +109,7 @@ def create_app(
     """
     import atexit
 
-    from lbcore.protect import protect
+    from lbcore.protection import protect
 
     store = SessionStore(run or protect, root=temp_root, ttl_s=session_ttl_s)
     atexit.register(store.close)
@@ -172,7 +172,7 @@ def create_app(
     # -- the page -----------------------------------------------------------------------
     @app.get("/")
     def index() -> Any:
-        from lbcore.protect import STRENGTHS
+        from lbcore.protection import STRENGTHS
 
         store.sweep()
         session = store.create()
@@ -195,7 +195,7 @@ def create_app(
 
     @app.post("/api/jobs")
     def submit() -> Any:
-        from lbcore.protect import STRENGTHS
+        from lbcore.protection import STRENGTHS
 
         session = _session()
         uploads = [f for f in request.files.getlist("files") if f.filename]

@@ -90,7 +90,7 @@ def test_parameters_reach_the_stages(codecs_pm):
         ("mpeg4:qscale=40", "qscale must be in 1..31"),
         ("diffjpeg:quality_range=95", "MIN:MAX"),
         ("diffjpeg:quality_range=90:50", "empty quality range"),
-        ("resize:scale=0", "scale must be positive"),
+        ("resize:scale=0", r"scale=0.0 must lie in \[0.01, 4\]"),
     ],
 )
 def test_bad_specs_are_one_line_errors(codecs_pm, spec, match):

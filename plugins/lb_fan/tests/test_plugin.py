@@ -37,7 +37,11 @@ def test_registered_through_a_fresh_plugin_manager(fresh_pm):
     assert w.licence == "BSD-3-Clause"
     assert "No WFLW" in comp.metadata["note"]
     report = {d["name"]: d for d in fresh_pm.plugin_report()}
-    assert report["lb-fan"]["components"]["extractors"] == ["fan"]
+    assert report["lb-fan"]["components"]["extractors"] == ["fan", "fan-demo"]
+    demo = fresh_pm.get("extractors", "fan-demo")
+    assert demo.metadata["demo"] is True
+    assert [w.name for w in demo.metadata["demo_weights"]] == ["fan-demo"]
+    assert demo.metadata["demo_weights"][0].fits == "fan:modules=1,landmarks=68,width=32,resolution=128"
 
 
 def test_spec_keys_are_the_factory_parameters(fresh_pm):
@@ -132,10 +136,11 @@ def test_demo_weights_fill_in_when_nothing_published_fits(tmp_path, monkeypatch)
     # A different architecture does not fit the demo entry.
     with pytest.raises(WeightsError, match="no WFLW FAN"):
         plugin.fan(width=32)
-    # The registration lists the demo entry beside the published one.
+    # `fan` lists the published files; demonstration files are listed by `fan-demo`.
     seen: dict = {}
-    plugin.register_extractors(lambda name, factory, **meta: seen.update(meta))
-    assert [w.name for w in seen["weights"]] == ["2dfan4", "demo-fan"]
+    plugin.register_extractors(lambda name, factory, **meta: seen.setdefault(name, meta))
+    assert [w.name for w in seen["fan"]["weights"]] == ["2dfan4"]
+    assert [w.name for w in seen["fan-demo"]["demo_weights"]] == ["demo-fan"]
 
 
 def test_published_entry_wins_over_a_demo_entry_for_the_same_architecture(tmp_path, monkeypatch):
