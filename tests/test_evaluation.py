@@ -160,7 +160,7 @@ def models(request, tiny_plugin, fresh_pm):
         _, _, ckpt = request.getfixturevalue("trained_fan")
     except pytest.skip.Exception:
         return "a=tiny:points=68;b=tiny:points=68,seed=1", "reference", "a"
-    return f"fan=fan:modules=1,landmarks=68,width=32,weights={ckpt};tiny=tiny:points=68", "auto", "fan"
+    return f"fan=fan:modules=1,landmarks=68,width=32,resolution=128,weights={ckpt};tiny=tiny:points=68", "auto", "fan"
 
 
 def test_evaluate_command_builds_the_papers_tables(shared, models, tmp_path, monkeypatch):
