@@ -315,3 +315,37 @@ def test_hrnet_trains_and_its_checkpoint_inspects_strictly(tmp_path: Path, share
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["keys"] == info["model_keys"] == 1839 and info["module_prefix"] is True
+
+
+def test_avssan_trains_on_98_point_lists(tmp_path: Path, shared: Path) -> None:
+    """AVS-SAN (98 points + background) trains through the WFLW list reader at a reduced
+    width. The 98 points here are plumbing data (the 68 annotated points plus 30 midpoints), not
+    WFLW annotations: the test checks the training path and the checkpoint, not accuracy."""
+    import subprocess
+    import sys
+
+    from lbcore.data import load_annotations
+
+    lines = []
+    for r in load_annotations(shared / "data" / "faces68", "pts"):
+        lm = r.landmarks
+        pts = np.concatenate([lm, (lm[:30] + lm[1:31]) / 2])
+        (x1, y1), (x2, y2) = lm.min(0), lm.max(0)
+        lines.append(" ".join(f"{v:.2f}" for v in pts.reshape(-1))
+                     + f" {x1:.0f} {y1:.0f} {x2:.0f} {y2:.0f} 0 0 0 0 0 0 {Path(r.image_path).name}")
+    listing = tmp_path / "list98.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "avs.pth"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    spec = "avssan:width_div=8"
+    res = subprocess.run([sys.executable, "-m", "lbcore", "train", spec, "--data", str(listing), "--format", "wflw",
+                          "--image-root", str(shared / "data" / "faces68"), "--out", str(out), "--epochs", "1",
+                          "--steps-per-epoch", "2", "--batch-size", "2", "--no-progress"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["final_loss"] > 0
+    res = subprocess.run([sys.executable, "-m", "lbcore", "weights", "inspect", spec, str(out), "--json"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["keys"] == info["model_keys"] == 144 and info["points"] == 98

@@ -119,7 +119,7 @@ def inspect_weights(spec: str, path: Path, as_json: bool) -> None:
         variant += f", wrapped {{{', '.join(repr(k) for k in info['wrapped'])}}}"
     if info["module_prefix"]:
         variant += ", 'module.' prefixes"
-    if not info["num_batches_tracked"]:
+    if not info["num_batches_tracked"] and any(k.endswith("num_batches_tracked") for k in ext.state_dict()):
         variant += ", no num_batches_tracked (pre-0.4.1 layout)"
     click.echo(f"{path}: loads strictly into {spec}")
     click.echo(f"  matched keys: {info['keys']} of {n_state} model keys")
