@@ -923,6 +923,8 @@ def evaluate(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    finalize: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the paper's evaluation on ``data`` and write ``results.json`` and ``report.md``.
@@ -933,6 +935,10 @@ def evaluate(
         options: an :class:`EvaluateOptions`; keyword arguments override its fields.
         progress: show a progress bar on stderr.
         log: called with a line of text at each stage.
+        shard: ``(rank, world)``: run only units ``rank, rank + world, ...`` (one worker of a
+            group; see ``lb distributed evaluate``). Finished units of any worker are reused.
+        finalize: build ``results.json``/``report.md`` (a worker of a group leaves that to
+            rank 0, which runs again with every unit found in ``partial/``).
 
     Returns:
         The content of ``results.json`` (``rows``, ``config``, ``seed``, ``versions``,
@@ -975,7 +981,10 @@ def evaluate(
     bar = tqdm(total=len(units) * len(run.batches), desc="lb evaluate", unit="batch", disable=not progress,
                dynamic_ncols=True)
     try:
-        for unit in units:
+        for index, unit in enumerate(units):
+            if shard is not None and index % shard[1] != shard[0]:
+                bar.update(len(run.batches))
+                continue  # another worker's unit
             path = partial / f"{_hash([settings_hash, unit.key()])}.json"
             if not options.force and path.is_file():
                 try:
@@ -997,6 +1006,8 @@ def evaluate(
             say(f"{unit.title()}: done in {record['seconds']} s")
     finally:
         bar.close()
+    if not finalize:
+        return {"units": len(units), "resumed": resumed, "rows": rows, "notes": notes}
     if resumed:
         notes.append(f"{resumed} of {len(units)} unit(s) resumed from {partial}")
     configs = {a: attack_config(a, options).describe() for a in options.attacks if a != "none"}

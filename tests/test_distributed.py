@@ -163,3 +163,48 @@ def test_two_cpu_workers_lost_worker_and_rerun(tmp_path):
     assert len(_outputs(out)) == 6
     assert sorted(w["rank"] for w in report["workers"]) == [0, 1]
     assert report["summary"]["faces"] == 6
+
+
+def test_evaluate_over_two_cpu_workers_matches_one_process(tmp_path, shared):
+    """`lb distributed evaluate` under torchrun (2 CPU workers on 127.0.0.1): each worker runs
+    its share of the units, rank 0 builds the tables; the rows equal a single-process run's."""
+    pytest.importorskip("lb_fan")
+    import torch
+
+    from lbcore.plugins import get_plugin_manager
+
+    data = shared / "data" / "dlib_faces" / "testing_with_face_landmarks.xml"
+    # weights=none draws new random weights in every process: save fixed ones for both runs
+    specs = {}
+    for label, width in (("a", 16), ("b", 8)):
+        torch.manual_seed(width)
+        spec = TINY_FAN.replace("width=16", f"width={width}")
+        ext = get_plugin_manager().build("extractors", spec)
+        path = tmp_path / f"{label}.pth"
+        torch.save(ext.net.state_dict(), path)
+        specs[label] = spec.replace("weights=none", f"weights={path}")
+    common = ["--extractors", f"a={specs['a']}", "--extractors", f"b={specs['b']}",
+              "--attacks", "none,base1,lb", "--degradations", "none", "--ground-truth", "reference",
+              "--limit", "2", "--steps", "2", "--synth", "none", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "lbcore", "evaluate", str(data), "-o", str(tmp_path / "one"),
+                             *common, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "lbcore", "distributed", "evaluate", str(data),
+           "-o", str(tmp_path / "two"), *common]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[1] " in res.stderr and "done in" in res.stderr  # worker 1 ran units of its own
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+
+    def key(r):
+        return (r["source"], r["attack"], r["target"], r["degradation"])
+
+    rows1 = {key(r): r for r in one["rows"]}
+    rows2 = {key(r): r for r in two["rows"]}
+    assert rows1.keys() == rows2.keys() and len(rows1) == 2 * 2 * 2 + 2
+    for k, r in rows1.items():
+        assert rows2[k]["nme"] == pytest.approx(r["nme"], abs=1e-6), k
+    assert (tmp_path / "two" / "report.md").is_file()

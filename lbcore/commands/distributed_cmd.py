@@ -7,12 +7,14 @@ list), so the two cannot drift apart; see :mod:`lbcore.distributed` for how work
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 import click
 
+from lbcore.commands.evaluate_cmd import evaluate_cmd
 from lbcore.commands.protect_cmd import protect_cmd
 
 # ``lb protect`` parameter -> ProtectOptions field, where the names differ
@@ -39,11 +41,12 @@ def distributed_group() -> None:
 
     \b
     torchrun --nproc-per-node 4 -m lbcore distributed protect IN -o OUT
+    torchrun --nproc-per-node 4 -m lbcore distributed evaluate DATA --extractors ... -o OUT
     torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --master-addr HOST \\
         --max-restarts 3 -m lbcore distributed protect IN -o OUT
 
-    Work is split by file; each worker uses cuda:LOCAL_RANK (or the CPU); rank 0 writes the
-    merged OUT/report.json. A lost worker's files are redone by the restarted group
+    protect splits work by file, evaluate by (source, attack, ablation) unit; each worker uses
+    cuda:LOCAL_RANK (or the CPU); rank 0 writes the merged report. A lost worker's files are redone by the restarted group
     (--max-restarts) or by running the same command again: finished files are skipped.
     """
 
@@ -82,6 +85,42 @@ def _protect(**params: Any) -> None:
 distributed_group.add_command(click.Command(
     "protect", params=list(protect_cmd.params), callback=_protect,
     help="`lb protect` with the inputs split over the torchrun workers (same options).",
+))
+
+def _evaluate(**params: Any) -> None:
+    import attrs as _attrs
+
+    from lbcore.commands.attack_cmd import apply_weights_option
+    from lbcore.commands.evaluate_cmd import options_from_cli, print_results
+    from lbcore.distributed import _device_for, _store, worker_info
+    from lbcore.evaluation import evaluate
+
+    apply_weights_option(params["weights"])
+    info = worker_info()
+    options = options_from_cli(params)
+    data, outdir = list(params["data"]), params["outdir"]
+    quiet, as_json = params["quiet"], params["as_json"]
+    log = None if quiet or as_json else (lambda s: click.echo(f"[{info.rank}] {s}", err=True))
+    if info.distributed:
+        # every worker runs its share of the (source, attack, ablation) units into OUT/partial;
+        # rank 0 then waits for the others and builds the tables from all finished units
+        worker_options = _attrs.evolve(options, device=_device_for(options.device, info))
+        evaluate(data, outdir, worker_options, log=log, shard=(info.rank, info.world_size), finalize=False)
+        store = _store(info)
+        key = f"lbcore/evaluate/attempt-{info.restart}/done"
+        if info.rank != 0:
+            store.add(key, 1)
+            return
+        while int(store.add(key, 0)) < info.world_size - 1:
+            time.sleep(0.2)
+        options = worker_options
+    results = evaluate(data, outdir, options, log=log)
+    print_results(results, outdir, quiet, as_json)
+
+
+distributed_group.add_command(click.Command(
+    "evaluate", params=list(evaluate_cmd.params), callback=_evaluate,
+    help="`lb evaluate` with its units split over the torchrun workers (same options).",
 ))
 
 COMMANDS = [distributed_group]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -87,19 +88,30 @@ def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
     transfer off it), after each degradation. An interrupted run resumes from what is finished.
     """
     from lbcore.commands.attack_cmd import apply_weights_option
-    from lbcore.evaluation import EvaluateOptions, evaluate
+    from lbcore.evaluation import evaluate
 
     apply_weights_option(weights)
-    options = EvaluateOptions(
-        extractors=extractors, attacks=_split(attacks), degradations=_split_degradations(degradations),
-        ablate=ablate, ablate_attack=ablate_attack, reference=reference, ground_truth=ground_truth,  # type: ignore[arg-type]
-        eps=eps, steps=steps, seed=seed, device=device, synth=synth, synth_steps=synth_steps,
-        detector=detector, min_face=min_face, every=every, key_frames=key_frames, max_frames=max_frames,
-        limit=limit, batch_size=batch_size, annotation_format=annotation_format, image_root=image_root,
-        force=force,
-    )
+    options = options_from_cli(locals())
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     results = evaluate(list(data), outdir, options, progress=not (quiet or as_json), log=log)
+    print_results(results, outdir, quiet, as_json)
+
+
+def options_from_cli(p: dict[str, Any]) -> Any:
+    """``lb evaluate``'s parsed parameters -> :class:`~lbcore.evaluation.EvaluateOptions`."""
+    from lbcore.evaluation import EvaluateOptions
+
+    return EvaluateOptions(
+        extractors=p["extractors"], attacks=_split(p["attacks"]), degradations=_split_degradations(p["degradations"]),
+        ablate=p["ablate"], ablate_attack=p["ablate_attack"], reference=p["reference"], ground_truth=p["ground_truth"],
+        eps=p["eps"], steps=p["steps"], seed=p["seed"], device=p["device"], synth=p["synth"],
+        synth_steps=p["synth_steps"], detector=p["detector"], min_face=p["min_face"], every=p["every"],
+        key_frames=p["key_frames"], max_frames=p["max_frames"], limit=p["limit"], batch_size=p["batch_size"],
+        annotation_format=p["annotation_format"], image_root=p["image_root"], force=p["force"],
+    )
+
+
+def print_results(results: dict[str, Any], outdir: Path, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=1))
     elif not quiet:
