@@ -6,7 +6,6 @@ list), so the two cannot drift apart; see :mod:`lbcore.distributed` for how work
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ def distributed_group() -> None:
 
 def _protect(**params: Any) -> None:
     from lbcore.commands.attack_cmd import apply_weights_option
-    from lbcore.commands.protect_cmd import _table
+    from lbcore.commands.protect_cmd import print_report
     from lbcore.distributed import protect_distributed, worker_info
     from lbcore.errors import SpecError
 
@@ -68,18 +67,8 @@ def _protect(**params: Any) -> None:
     quiet, as_json = params["quiet"], params["as_json"]
     log = None if quiet or as_json else (lambda s: click.echo(f"[{info.rank}] {s}", err=True))
     report = protect_distributed(paths, outdir, options_from_cli(params), progress=log, info=info)
-    if info.rank != 0:
-        return
-    report["report_path"] = str(outdir / "report.json")
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-    elif not quiet:
-        for note in report["notes"]:
-            click.echo(f"note: {note}", err=True)
-        for line in _table(report):
-            click.echo(line)
-    if any(r["status"] == "error" for r in report["files"]):
-        raise SystemExit(1)
+    if info.rank == 0:
+        print_report(report, outdir, quiet, as_json)
 
 
 distributed_group.add_command(click.Command(

@@ -126,6 +126,12 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
     # bars only for a person watching a terminal; logs and pipes get plain lines
     bars = not (quiet or as_json) and sys.stderr.isatty()
     report = protect(paths, outdir, options, progress=log, progress_bar=bars)
+    print_report(report, outdir, quiet, as_json)
+
+
+def print_report(report: dict[str, Any], outdir: Path, quiet: bool, as_json: bool) -> None:
+    """The end of `lb protect` (also `lb distributed protect`): JSON or notes + table; exit 1
+    when any input failed."""
     report["report_path"] = str(outdir / "report.json")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
