@@ -107,7 +107,8 @@ def _usable(pm: Any, names: list[str]) -> tuple[dict[str, Any], list[str]]:
         try:
             usable[name] = pm.build("extractors", name)
         except LBError as err:
-            notes.append(f"{name}: not used ({err})")
+            # the first clause is enough here; `lb weights list` has where to get each file
+            notes.append(f"{name}: not used ({str(err).split(';')[0].split(': no ')[0][:120]})")
             continue
         except Exception as err:  # a plugin bug must not stop the others
             notes.append(f"{name}: not used ({type(err).__name__}: {err})")
