@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,6 +62,25 @@ def _valid_json(path: Path) -> bool:
 
 def _final_names(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _kill_when(cmd: list[str], env: dict[str, str], ready: Any, delay: float, poll_s: float) -> bool:
+    """Start ``cmd``, wait until ``ready()`` (or it ends), sleep ``delay``, SIGKILL it.
+    Returns whether it was still running when killed (a real crash point)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        t_end = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < t_end and not ready():
+            time.sleep(poll_s)
+        time.sleep(delay)
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return running
 
 
 def _check_no_partial(out: Path) -> tuple[int, set[str]]:
@@ -126,28 +146,15 @@ def test_protect_survives_sigkill_and_resumes_exactly(images, reference, tiny_si
         mode = "between" if i % 2 else "after"
         target = min(N_IMAGES - 1, len(done_before) + rng.randint(1, 2))
         delay = rng.uniform(0.0, 0.4) if mode == "after" else 0.0
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(tiny_site))
-        try:
-            t_end = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < t_end:
-                names = set(os.listdir(out)) if out.exists() else set()
-                if mode == "after" and sum(n.endswith(".png.lb.json") for n in names) >= target:
-                    break
-                if mode == "between" and any(n.endswith(".png") and not n.startswith(".")
-                                             and n + ".lb.json" not in names for n in names):
-                    break
-                time.sleep(0.001)
-            time.sleep(delay)
-            still_running = proc.poll() is None
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        def ready(mode: str = mode, target: int = target) -> bool:
+            names = set(os.listdir(out)) if out.exists() else set()
+            if mode == "after":
+                return sum(n.endswith(".png.lb.json") for n in names) >= target
+            return any(n.endswith(".png") and not n.startswith(".") and n + ".lb.json" not in names for n in names)
+
+        still_running = _kill_when(cmd, _env(tiny_site), ready, delay, poll_s=0.001)
         log.append((mode, target, round(delay, 2), still_running, len(done_before)))
         kills += still_running
-        log.append((target, round(delay, 2), still_running))
         partial, done_after = _check_no_partial(out) if out.exists() else (0, set())
         reliability_counts["partial_outputs"] += partial
         assert partial == 0, log
@@ -282,21 +289,10 @@ def test_evaluate_survives_sigkill_and_resumes_exactly(eval_data, tiny_site, tmp
         _, before = _eval_check(out)
         target = min(n_units - 1, len(before) + rng.randint(1, 2))
         delay = rng.uniform(0.0, 0.3)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        try:
-            t_end = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < t_end:
-                if (out / "partial").is_dir() and len(list((out / "partial").glob("*.json"))) >= target:
-                    break
-                time.sleep(0.005)
-            time.sleep(delay)
-            running = proc.poll() is None
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        def ready(target: int = target) -> bool:
+            return (out / "partial").is_dir() and len(list((out / "partial").glob("*.json"))) >= target
+
+        running = _kill_when(cmd, env, ready, delay, poll_s=0.005)
         kills += running
         log.append((target, round(delay, 2), running, len(before)))
         partial, after = _eval_check(out)
