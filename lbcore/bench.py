@@ -415,6 +415,11 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                    plugin_manager=pm, performance=perf)
             for b in options.batches:
                 x, f = pool_images[:b], _first_faces(pool_faces, b)
+                compile_s = None
+                if options.compile:  # a compiled network is specialised to its batch shape
+                    t0 = time.perf_counter()
+                    attack(x, f, ext, preset(name, steps=1), device=dev, plugin_manager=pm, performance=perf)
+                    compile_s = round(time.perf_counter() - t0, 1)
                 with _PeakMemory(dev) as mem:
                     secs, cpu_secs, res = _timed(partial(attack, x, f, ext, config, device=dev, plugin_manager=pm,
                                                performance=perf), dev, options.repeat)
@@ -434,6 +439,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                     "flop_utilisation": round(fps * face_flops / peak, 4),
                     "loss_engine": round(float(res.final_loss[:nb].mean()), 4) if base_loss is not None else None,
                     "loss_baseline": None if base_loss is None else round(base_loss, 4),
+                    "compile_s": compile_s,
                 }
                 result["rows"].append(row)
                 log(f"{spec} {name} batch {b}: {fps:.3f} faces/s"
