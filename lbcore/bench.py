@@ -298,22 +298,6 @@ class _PeakMemory:
             self.peak_mb = max(self._max, self._rss_mb()) - self._start
 
 
-def _resolve_amp(amp: str, dev: Any) -> str:
-    import torch
-
-    if amp != "auto":
-        if amp not in ("none", "bf16", "fp16"):
-            raise SpecError(f"unknown --amp {amp!r} (valid: auto, none, bf16, fp16)")
-        return amp
-    if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:  # CPUs with native bf16 (AVX512-BF16 / AMX) run oneDNN bf16 convolutions fast
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "none"
-
-
 def _describe_device(dev: Any) -> str:
     import platform
 
@@ -362,15 +346,13 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     """
     import torch
 
-    from lbcore.engine import PRESETS, Performance, attack, preset, resolve_device
+    from lbcore.engine import PRESETS, Performance, attack, preset, resolve_amp, resolve_device
     from lbcore.plugins import get_plugin_manager
 
     log = progress or (lambda s: None)
     pm = get_plugin_manager()
     dev = resolve_device(options.device)
-    amp = _resolve_amp(options.amp, dev)
-    if dev.type == "cpu" and amp == "fp16":
-        raise SpecError("--amp fp16 is for CUDA devices; use bf16 or none on the CPU")
+    amp = resolve_amp(options.amp, dev)
     for a in options.attacks:
         if a not in PRESETS:
             raise SpecError(f"unknown attack preset {a!r} (valid: {', '.join(PRESETS)})")

@@ -22,7 +22,7 @@ from lbcore.extractor import Extractor
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
-__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "resolve_device"]
+__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "resolve_amp", "resolve_device"]
 
 
 @attrs.define
@@ -112,6 +112,21 @@ class Performance:
         if self.amp not in table:
             raise SpecError(f"unknown amp {self.amp!r} (valid: none, bf16, fp16)")
         return table[self.amp]
+
+
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """The autocast setting for ``device``: ``auto`` is bf16 on CUDA GPUs that support it (fp16 on
+    older ones) and none on the CPU; ``fp16`` is refused on the CPU (no fast kernels there)."""
+    dev = torch.device(device)
+    if amp not in ("auto", "none", "bf16", "fp16"):
+        raise SpecError(f"unknown amp {amp!r} (valid: auto, none, bf16, fp16)")
+    if amp == "auto":
+        if dev.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "none"
+    if dev.type == "cpu" and amp == "fp16":
+        raise SpecError("amp fp16 is for CUDA devices; use bf16 or none on the CPU")
+    return amp
 
 
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,13 @@ class ProtectOptions:
     max_pixels: int | None = None
     max_frames: int | None = None
     report_every: int = 10
+    amp: str = "auto"
+    compile: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
         keep = ("extractors", "attack", "strength", "eps", "steps", "robust", "detector", "boxes",
-                "min_face", "codec", "crf", "seed")
+                "min_face", "codec", "crf", "seed", "amp")
         d = attrs.asdict(self)
         return {k: d[k] for k in keep}
 
@@ -123,7 +125,7 @@ class _Run:
                  progress: Callable[[str], None] | None) -> None:
         import torch
 
-        from lbcore.engine import preset, resolve_device
+        from lbcore.engine import Performance, preset, resolve_amp, resolve_device
         from lbcore.io import ResultStore
         from lbcore.plugins import get_plugin_manager
 
@@ -146,6 +148,9 @@ class _Run:
         if options.strength not in STRENGTHS:
             raise SpecError(f"unknown strength {options.strength!r} (valid: {', '.join(STRENGTHS)})")
         self.device = resolve_device(options.device)
+        # the fast path on GPUs (bf16 autocast, NHWC); fp32 on the CPU unless asked (--amp bf16)
+        self.performance = Performance(amp=resolve_amp(options.amp, self.device),
+                                       channels_last=self.device.type == "cuda", compile=options.compile)
         self.held = {s: self.pm.build("extractors", s) for s in options.held_out}
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()
@@ -244,8 +249,9 @@ class _Run:
     def attack(self, x: Any, faces: Any, init: Any = None) -> Any:
         from lbcore.engine import attack
 
-        return attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
-                      plugin_manager=self.pm, init=init).adversarial.cpu()
+        adv = attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
+                     plugin_manager=self.pm, init=init, performance=self.performance).adversarial
+        return adv.to(self.torch.uint8).cpu().float()  # integer pixels: uint8 moves a quarter of the bytes
 
     def output_path(self, entry: Any) -> Path:
         """Where an input's protected file goes (the input's relative path under the output folder)."""
@@ -333,57 +339,68 @@ class _Run:
         stats: dict[str, list[float]] = {}
         n_frames = n_faces = n_small = 0
         prev_delta = None
-        measured_chunks = [0]
-        with VideoWriter(out, info.fps, codec=self.o.codec, crf=self.o.crf,
-                         audio_from=entry.path if info.has_audio else None, inputs=self.inputs) as writer:
+        measured_batches = 0
+        from tqdm import tqdm
+
+        from lbcore.pipeline import BackgroundWriter, prefetch, stage_frames
+
+        def batches() -> Iterator[tuple[list[Any], Any, list[Any]]]:
+            # background thread: decode, detect faces, stage the frames on the device
             chunk: list[tuple[np.ndarray, Any]] = []
+            frames = iter_video_frames_timed(entry.path, **kwargs)
+            try:
+                for item in frames:
+                    chunk.append(item)
+                    if len(chunk) >= self.o.batch_size:
+                        yield prepare(chunk)
+                        chunk = []
+                if chunk:
+                    yield prepare(chunk)
+            finally:
+                getattr(frames, "close", lambda: None)()  # the video file, now, even when stopped early
 
-            def flush() -> None:
-                nonlocal prev_delta, n_faces, n_small
-                frames = np.stack([f for f, _ in chunk])
-                x = self.torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-                per_frame = [self.find_faces(f) for f, _ in chunk]
-                n_small += sum(len(s) for _, s in per_frame)
-                boxes = [k for k, _ in per_frame]
-                adv = x
-                if any(boxes):
-                    faces = Faces.from_lists(boxes)
-                    init = None
-                    if prev_delta is not None and prev_delta.shape == x.shape[1:]:
-                        init = x + prev_delta  # warm start from the previous frame's perturbation
-                    adv = self.attack(x, faces, init=init)
-                    flat = [b for bs in boxes for b in bs]
-                    n_faces += len(flat)
-                    # measure a subsample: the first chunk with faces, then every report_every-th
-                    if measured_chunks[0] % max(1, self.o.report_every) == 0:
-                        for row in self.measure(x, adv, faces, flat, with_checks=False):
-                            for spec, e in row["extractors"].items():
-                                stats.setdefault(spec, []).append(e["nme"])
-                            stats.setdefault("_ssim", []).append(row["ssim"])
-                            stats.setdefault("_psnr", []).append(row["psnr"])
-                    measured_chunks[0] += 1
-                prev_delta = (adv - x)[-1]
-                adv_np = adv.permute(0, 2, 3, 1).to(self.torch.uint8).numpy()
-                for (_, t), frame in zip(chunk, adv_np, strict=True):
+        def prepare(chunk: list[tuple[np.ndarray, Any]]) -> tuple[list[Any], Any, list[Any]]:
+            return [t for _, t in chunk], stage_frames([f for f, _ in chunk], self.device), \
+                [self.find_faces(f) for f, _ in chunk]
+
+        frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
+                          leave=False, disable=not self.bars, file=sys.stderr)
+        with frames_bar, VideoWriter(out, info.fps, codec=self.o.codec, crf=self.o.crf,
+                                     audio_from=entry.path if info.has_audio else None,
+                                     inputs=self.inputs) as writer:
+
+            def encode(item: tuple[list[Any], np.ndarray]) -> None:  # background thread
+                for t, frame in zip(item[0], item[1], strict=True):
                     writer.write(frame, t)
-                chunk.clear()
 
-            from tqdm import tqdm
-
-            frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
-                              leave=False, disable=not self.bars, file=sys.stderr)
-            for rgb, t in iter_video_frames_timed(entry.path, **kwargs):
-                chunk.append((rgb, t))
-                n_frames += 1
-                if len(chunk) >= self.o.batch_size:
-                    frames_bar.update(len(chunk))
-                    flush()
+            with BackgroundWriter(encode) as encoder:
+                for times, staged, per_frame in prefetch(batches()):
+                    x = staged.host
+                    n_small += sum(len(s) for _, s in per_frame)
+                    boxes = [k for k, _ in per_frame]
+                    adv = x
+                    if any(boxes):
+                        faces = Faces.from_lists(boxes)
+                        init = None
+                        if prev_delta is not None and prev_delta.shape == x.shape[1:]:
+                            init = x + prev_delta  # warm start from the previous frame's perturbation
+                        adv = self.attack(staged.device, faces, init=init)
+                        flat = [b for bs in boxes for b in bs]
+                        n_faces += len(flat)
+                        # measure a subsample: the first batch with faces, then every report_every-th
+                        if measured_batches % max(1, self.o.report_every) == 0:
+                            for row in self.measure(x, adv, faces, flat, with_checks=False):
+                                for spec, e in row["extractors"].items():
+                                    stats.setdefault(spec, []).append(e["nme"])
+                                stats.setdefault("_ssim", []).append(row["ssim"])
+                                stats.setdefault("_psnr", []).append(row["psnr"])
+                        measured_batches += 1
+                    prev_delta = (adv - x)[-1]
+                    encoder.put((times, adv.permute(0, 2, 3, 1).to(self.torch.uint8).numpy()))
+                    n_frames += len(times)
+                    frames_bar.update(len(times))
                     if not self.bars:
                         self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
-            if chunk:
-                frames_bar.update(len(chunk))
-                flush()
-            frames_bar.close()
         summary: dict[str, Any] = {}
         for spec in [*self.attacked, *self.held]:
             vals = stats.get(spec, [])

@@ -18,7 +18,8 @@ import click
 @click.option("--repeat", type=int, default=1, show_default=True, help="Timed runs per row (the best counts).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
-              help="Autocast of the extractors (auto: bf16 on GPUs and on CPUs with native bf16, else none).")
+              help="Autocast of the extractors (auto: bf16 on GPUs, fp16 on GPUs without bf16, none on the CPU; "
+                   "bf16 is fast on CPUs with AVX512-BF16 or AMX).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks (first call compiles).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="NHWC weights.")
 @click.option("--image-size", type=int, default=256, show_default=True, help="Side of the test images (pixels).")

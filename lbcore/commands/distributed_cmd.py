@@ -17,7 +17,7 @@ from lbcore.commands.evaluate_cmd import evaluate_cmd
 from lbcore.commands.protect_cmd import protect_cmd
 
 # ``lb protect`` parameter -> ProtectOptions field, where the names differ
-_RENAMED = {"attack_name": "attack"}
+_RENAMED = {"attack_name": "attack", "compile_": "compile"}
 _CLI_ONLY = {"inputs", "outdir", "weights", "example", "quiet", "as_json", "boxes", "no_compression_check"}
 
 
