@@ -388,6 +388,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             nb = min(options.baseline_faces, max(options.batches))
             if options.baseline and nb > 0:
                 x, f = pool_images[:nb], _first_faces(pool_faces, nb)
+                # warm-up (oneDNN/cuDNN primitives for these shapes), as the engine gets below
+                baseline_attack(x[:1], _first_faces(f, 1), ext, attrs.evolve(config, steps=1), device=dev,
+                                plugin_manager=pm)
                 secs, cpu_secs, adv = _timed(partial(baseline_attack, x, f, ext, config, device=dev, plugin_manager=pm), dev, 1)
                 base_fps, base_cpu_fps = nb / secs, nb / max(cpu_secs, 1e-9)
                 base_loss = _mean_loss(ext, x, f, adv, config, pm, dev)

@@ -103,19 +103,20 @@ class BackgroundWriter(Generic[T]):
     Args:
         write: The function that consumes one item (e.g. encodes a batch of frames).
         depth: Items that may wait (bounded memory; ``put`` blocks when full).
+        threaded: False writes in ``put`` itself (no overlap; for comparisons).
     """
 
-    def __init__(self, write: Callable[[T], None], depth: int = 2) -> None:
+    def __init__(self, write: Callable[[T], None], depth: int = 2, *, threaded: bool = True) -> None:
         self._write = write
+        self._threaded = threaded
         self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lb-writer", daemon=True)
-        self._started = False
 
     def __enter__(self) -> BackgroundWriter[T]:
-        self._thread.start()
-        self._started = True
+        if self._threaded:
+            self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -134,9 +135,14 @@ class BackgroundWriter(Generic[T]):
         """Queue ``item`` (blocks while ``depth`` items wait); raises an earlier write error."""
         if self._error is not None:
             raise self._error
+        if not self._threaded:
+            self._write(item)
+            return
         self._q.put(item)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self._threaded:
+            return
         if exc_type is not None:
             self._abandon.set()
         self._q.put(_DONE)

@@ -67,6 +67,7 @@ class ProtectOptions:
     report_every: int = 10
     amp: str = "auto"
     compile: bool = False
+    overlap: bool = True
 
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
@@ -373,8 +374,9 @@ class _Run:
                 for t, frame in zip(item[0], item[1], strict=True):
                     writer.write(frame, t)
 
-            with BackgroundWriter(encode) as encoder:
-                for times, staged, per_frame in prefetch(batches()):
+            # overlap=False: the same steps one after another (to measure what overlapping wins)
+            with BackgroundWriter(encode, threaded=self.o.overlap) as encoder:
+                for times, staged, per_frame in (prefetch(batches()) if self.o.overlap else batches()):
                     x = staged.host
                     n_small += sum(len(s) for _, s in per_frame)
                     boxes = [k for k, _ in per_frame]

@@ -138,3 +138,12 @@ def test_stage_frames_from_a_background_thread_overlaps_with_work():
     batches = prefetch((stage_frames(frames[i:i + 2], "cpu") for i in range(0, 6, 2)), depth=2)
     firsts = [float(b.device[0, 0, 0, 0]) for b in batches]
     assert firsts == [0.0, 2.0, 4.0]
+
+
+def test_unthreaded_writer_writes_in_put():
+    written = []
+    with BackgroundWriter(written.append, threaded=False) as w:
+        w.put(1)
+        assert written == [1]  # already written, in the caller's thread
+        w.put(2)
+    assert written == [1, 2]

@@ -198,3 +198,22 @@ def test_video_keeps_frames_fps_audio(clip, tmp_path):
         assert max(diffs) > 0 and max(diffs) <= 15
     else:
         assert max(diffs) == 0
+
+
+def test_overlapped_video_pipeline_gives_the_same_frames_as_one_step_after_another(clip, tmp_path):
+    """Decoding/detection in a background thread and encoding in another change when work
+    happens, never what is computed: both runs write identical frames and records."""
+    from lbcore.io import iter_video_frames
+    from lbcore.protection import protect
+
+    reports = {}
+    for overlap in (True, False):
+        reports[overlap] = protect([clip], tmp_path / str(overlap), steps=2, batch_size=4, overlap=overlap,
+                                   check_compression=False, device="cpu")
+    a, b = reports[True]["files"][0], reports[False]["files"][0]
+    assert a["status"] == b["status"] == "protected" and a["frames"] == b["frames"] == 6
+    assert a["faces_protected"] == b["faces_protected"] > 0
+    assert a["extractors"] == b["extractors"]
+    frames = [list(iter_video_frames(tmp_path / str(o) / "clip.mkv")) for o in (True, False)]
+    for x, y in zip(*frames, strict=True):
+        np.testing.assert_array_equal(x, y)
