@@ -29,6 +29,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--codec", default="h264", choices=["ffv1", "h264"])
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compare-overlap", action="store_true",
+                    help="also run with decode/attack/encode one after another (overlap=False)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary input and output")
     args = ap.parse_args()
     from lbcore.io import VideoWriter
@@ -45,15 +49,18 @@ def main() -> None:
             vw.write(np.roll(base, i % 16, axis=1))
     side = min(w, h) * 0.45
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    t0 = time.perf_counter()
-    report = protect([src], work / "out", extractors=(args.extractor,), boxes=(box,), check_compression=False,
-                     device=args.device, batch_size=args.batch_size, steps=args.steps, codec=args.codec)
-    secs = time.perf_counter() - t0
-    rec = report["files"][0]
-    print(json.dumps({"frames": rec.get("frames"), "size": args.size, "extractor": args.extractor,
-                      "device": report["settings"]["device"], "status": rec["status"], "seconds": round(secs, 2),
-                      "frames_per_s": round(args.frames / secs, 2),
-                      "one_minute_30fps_seconds": round(1800 * secs / args.frames, 1)}, indent=1))
+    for overlap in (True, False) if args.compare_overlap else (True,):
+        t0 = time.perf_counter()
+        report = protect([src], work / f"out-{overlap}", extractors=(args.extractor,), boxes=(box,),
+                         check_compression=False, device=args.device, batch_size=args.batch_size, steps=args.steps,
+                         codec=args.codec, amp=args.amp, compile=args.compile, overlap=overlap)
+        secs = time.perf_counter() - t0
+        rec = report["files"][0]
+        print(json.dumps({"frames": rec.get("frames"), "size": args.size, "extractor": args.extractor,
+                          "device": report["settings"]["device"], "amp": args.amp, "compile": args.compile,
+                          "overlap": overlap, "status": rec["status"], "seconds": round(secs, 2),
+                          "frames_per_s": round(args.frames / secs, 2),
+                          "one_minute_30fps_seconds": round(1800 * secs / args.frames, 1)}, indent=1), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -188,14 +188,35 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @attrs.define
 class AttackResult:
-    """Adversarial images (8-bit values as float ``[0, 255]``) and per-image figures."""
+    """Adversarial images (8-bit values as float ``[0, 255]``) and per-image figures.
+
+    ``final_loss`` (Eq. 1 on the returned images) costs one more forward pass of every
+    extractor; it is computed the first time it is read, so callers that do not need it
+    (``lb protect`` measures landmarks instead) do not pay for it.
+    """
 
     adversarial: torch.Tensor
     clean_loss: torch.Tensor
-    final_loss: torch.Tensor
+    _final: Any = attrs.field(alias="final_loss")
     linf: torch.Tensor
     steps_taken: torch.Tensor
-    loss_history: list[list[float]] = attrs.field(factory=list)
+    _history: Any = attrs.field(factory=list, alias="loss_history")
+
+    @property
+    def final_loss(self) -> torch.Tensor:
+        """Per-image Eq. 1 loss of ``adversarial`` (summed over faces and extractors)."""
+        if callable(self._final):
+            self._final = self._final()
+        assert isinstance(self._final, torch.Tensor)
+        return self._final
+
+    @property
+    def loss_history(self) -> list[list[float]]:
+        """Per-step, per-image loss (kept on the device during the attack: read once at the end)."""
+        if isinstance(self._history, torch.Tensor):
+            self._history = self._history.tolist()
+        assert isinstance(self._history, list)
+        return self._history
 
 
 def _per_image(values: torch.Tensor, image_index: torch.Tensor, n: int) -> torch.Tensor:
@@ -323,13 +344,14 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
     active = torch.ones(n_img, dtype=torch.bool, device=dev)
     steps_taken = torch.zeros(n_img, dtype=torch.long, device=dev)
     steps = config.steps if rule.max_steps is None else min(config.steps, rule.max_steps)
-    history: list[list[float]] = []
+    history: list[torch.Tensor] = []
     # Pixels no extractor ever sees (outside every face crop) get no gradient; they are put
     # back to their clean values at the end, so a random start changes nothing outside faces.
     touched = torch.zeros_like(x, dtype=torch.bool)
 
     for t in range(steps):
-        if not bool(active.any()):
+        # (only the stop rule ends images early; reading `active` would stall a GPU every step)
+        if config.projection == "stop" and not bool(active.any()):
             break
         grad: torch.Tensor | None = None
         total = torch.zeros(n_img, device=dev)
@@ -345,7 +367,7 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
             (g,) = torch.autograd.grad(per_face.sum(), xi)
             grad = g if grad is None else grad + g
             total += _per_image(per_face.detach(), faces.image_index, n_img)
-        history.append(total.tolist())
+        history.append(total)
         assert grad is not None
         touched |= grad != 0
         use_mix = mix_rule is not None and t % 2 == 1
@@ -372,10 +394,18 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
         x_adv = x_adv.round()
         x_adv = torch.min(torch.max(x_adv, torch.ceil(x - eps - 1e-6)), torch.floor(x + eps + 1e-6))
         x_adv = x_adv.clamp(0, 255)
-        final = sum(_per_image(loss_fn(c, run(e, x_adv, faces)), faces.image_index, n_img) for c, e in zip(clean, exts, strict=True))
         linf = (x_adv - x).abs().flatten(1).amax(1)
-    assert isinstance(final, torch.Tensor) and isinstance(clean_loss, torch.Tensor)
-    return AttackResult(x_adv, clean_loss, final, linf, steps_taken, history)
+
+    def final() -> torch.Tensor:
+        with torch.no_grad(), _compiled(exts, perf.compile):
+            out = sum(_per_image(loss_fn(c, run(e, x_adv, faces)), faces.image_index, n_img)
+                      for c, e in zip(clean, exts, strict=True))
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    assert isinstance(clean_loss, torch.Tensor)
+    hist = torch.stack(history) if history else torch.zeros(0, n_img)
+    return AttackResult(x_adv, clean_loss, final, linf, steps_taken, hist)
 
 
 def budget_ok(clean: torch.Tensor, adv: torch.Tensor, eps: float) -> bool:

@@ -173,3 +173,26 @@ def test_random_start_leaves_pixels_outside_faces_alone(tiny_extractor):
     changed = (res.adversarial != images).any(dim=1)[0]
     assert bool(changed[12:38, 12:38].any())
     assert not bool(changed[:, 45:].any()) and not bool(changed[45:, :].any())
+
+
+def test_final_loss_costs_a_forward_only_when_read(tiny_extractor, batch):
+    images, faces = batch
+    calls = []
+    handle = tiny_extractor.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        res = attack(images, faces, tiny_extractor, preset("lb", steps=4))
+        during = len(calls)
+        assert during == 1 + 4  # the clean pass and one per step: no extra pass for the report
+        assert len(res.loss_history) == 4 and len(res.loss_history[0]) == images.shape[0]
+        assert all(isinstance(v, float) for v in res.loss_history[-1])
+        loss = res.final_loss
+        assert len(calls) == during + 1
+        assert res.final_loss is loss and len(calls) == during + 1  # computed once
+    finally:
+        handle.remove()
+    loss_fn = heatmap_cosine_loss
+    with torch.no_grad():
+        expect = torch.zeros(images.shape[0]).index_add(
+            0, faces.image_index, loss_fn(tiny_extractor(images, faces).heatmaps,
+                                          tiny_extractor(res.adversarial, faces).heatmaps))
+    assert torch.allclose(loss, expect, atol=1e-4)
