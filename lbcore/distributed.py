@@ -45,6 +45,7 @@ needs no collective communication, so NCCL is not required even on GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -458,7 +459,7 @@ def _merge_videos(entries: Sequence[Any], units: Sequence[Unit], run: Any, out: 
                    "error": " ".join((msg if name in msg else f"{name}: {msg}").split())}
         rec["index"] = i
         records.append(rec)
-        log(f"{name}: {rec['status']} (merged {len(spans)} frame ranges)"
+        log(f"{name}: {rec['status']} ({len(spans)} frame ranges merged)"
             + (f": {rec.get('error')}" if rec["status"] == "error" else ""))
     return records
 
@@ -514,6 +515,8 @@ def _merge_video(run: Any, entry: Any, spans: Sequence[Unit], out: Path,
                      writer.audio_note or ("copied" if info.has_audio else "none"))
     run.store.mark_finished(entry.path, target, report=record)
     shutil.rmtree(_segment_dir(out, entry), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        _segment_dir(out, entry).parent.rmdir()  # when no other video's segments are left
     return record
 
 

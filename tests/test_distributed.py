@@ -326,7 +326,7 @@ def _check_clip_output(out: Path, clip: Path, reference: list) -> dict:
         assert tg == tr and abs(float(tg) - float(ts)) <= 0.001  # Matroska keeps milliseconds
         assert 0 < np.abs(g.astype(int) - s.astype(int)).max() <= 15  # protected, within eps
         assert np.array_equal(g, r)  # the single process without warm start, pixel for pixel
-    assert not any((out / PARTS_DIR / "segments").glob("*/*")), "segments left after the merge"
+    assert not (out / PARTS_DIR / "segments").exists(), "segments left after the merge"
     return report
 
 
