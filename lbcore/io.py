@@ -1161,13 +1161,18 @@ def probe_video(path: PathLike, max_frames: int | None = DEFAULT_MAX_FRAMES) -> 
 
 
 def iter_video_frames_timed(
-    path: PathLike, max_frames: int | None = DEFAULT_MAX_FRAMES
+    path: PathLike, max_frames: int | None = DEFAULT_MAX_FRAMES, *, start: int = 0, stop: int | None = None
 ) -> Iterator[tuple[np.ndarray, Fraction | None]]:
     """Stream a video's frames with their presentation times, one at a time (constant memory).
 
     Args:
         path: The video file.
         max_frames: Longest accepted video in frames, or None (``--max-frames``).
+        start: Yield only frames ``start`` (0-based, in decoding order) and later. The frames
+            before are decoded and dropped, never seeked over, so frame ``start`` is exactly the
+            frame a full pass yields at that position (seeking lands on key frames only).
+        stop: Stop before frame ``stop`` (None: the end). Stopping early skips the check that
+            the file holds every frame its container promises.
 
     Yields:
         ``(rgb, time)``: (H, W, 3) uint8 RGB and the frame's time in seconds (None when unknown).
@@ -1189,8 +1194,12 @@ def iter_video_frames_timed(
                 n += 1
                 if max_frames is not None and n > max_frames:
                     raise _frames_limit_error(path, f"more than {max_frames}", info.fps, max_frames)
+                if n <= start:
+                    continue
                 t = frame.pts * frame.time_base if frame.pts is not None and frame.time_base else None
                 yield frame.to_ndarray(format="rgb24"), t
+                if stop is not None and n >= stop:
+                    return
         except av.error.FFmpegError as err:
             raise _input_error(path, f"corrupt or truncated video at frame {n + 1} ({err})") from None
         if info.frame_count_exact and n < info.frame_count:

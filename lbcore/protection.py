@@ -326,13 +326,22 @@ class _Run:
         return path
 
     # -- one video ---------------------------------------------------------------------
-    def video(self, entry: Any) -> dict[str, Any]:
+    def video(self, entry: Any, *, span: tuple[int, int | None] | None = None, out: Path | None = None,
+              raw: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Protect one video; return its report record.
+
+        ``lb distributed protect`` protects a long video in frame ranges: with ``span=(start,
+        stop)`` only frames ``[start, stop)`` are protected (stop None: to the end), written to
+        ``out`` losslessly (FFV1, no audio; merged later), not recorded in the result store; its
+        raw per-face measurements, counts and frame times go into ``raw``.
+        """
         from lbcore.io import VideoWriter, display_path, iter_video_frames_timed, probe_video
         from lbcore.types import Faces
 
-        out = self.output_path(entry)
+        segment = span is not None
+        out = self.output_path(entry) if out is None else out
         record: dict[str, Any] = {"input": str(entry.path), "output": str(out), "kind": "video"}
-        if self.store.is_finished(entry.path, out):
+        if not segment and self.store.is_finished(entry.path, out):
             return self._resumed(out, record)
         kwargs = {} if self.o.max_frames is None else {"max_frames": self.o.max_frames}
         info = probe_video(entry.path, **kwargs)
@@ -348,7 +357,7 @@ class _Run:
         def batches() -> Iterator[tuple[list[Any], Any, list[Any]]]:
             # background thread: decode, detect faces, stage the frames on the device
             chunk: list[tuple[np.ndarray, Any]] = []
-            frames = iter_video_frames_timed(entry.path, **kwargs)
+            frames = iter_video_frames_timed(entry.path, **kwargs, **_span_kwargs(span))
             try:
                 for item in frames:
                     chunk.append(item)
@@ -366,8 +375,8 @@ class _Run:
 
         frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
                           leave=False, disable=not self.bars, file=sys.stderr)
-        with frames_bar, VideoWriter(out, info.fps, codec=self.o.codec, crf=self.o.crf,
-                                     audio_from=entry.path if info.has_audio else None,
+        with frames_bar, VideoWriter(out, info.fps, codec="ffv1" if segment else self.o.codec, crf=self.o.crf,
+                                     audio_from=entry.path if info.has_audio and not segment else None,
                                      inputs=self.inputs) as writer:
 
             def encode(item: tuple[list[Any], np.ndarray]) -> None:  # background thread
@@ -400,9 +409,22 @@ class _Run:
                     prev_delta = (adv - x)[-1]
                     encoder.put((times, adv.permute(0, 2, 3, 1).to(self.torch.uint8).numpy()))
                     n_frames += len(times)
+                    if raw is not None:
+                        raw.setdefault("times", []).extend(times)
                     frames_bar.update(len(times))
                     if not self.bars:
                         self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
+        audio = writer.audio_note or ("copied" if info.has_audio and not segment else "none")
+        self.video_record(record, stats, n_frames, n_faces, n_small, info.fps, audio)
+        if raw is not None:
+            raw.update(frames=n_frames, faces_protected=n_faces, skipped_small_faces=n_small, stats=stats)
+        if not segment:
+            self.store.mark_finished(entry.path, out, report=record)
+        return record
+
+    def video_record(self, record: dict[str, Any], stats: dict[str, list[float]], n_frames: int, n_faces: int,
+                     n_small: int, fps: Any, audio: str) -> dict[str, Any]:
+        """Fill a video's report record from its per-face measurements (``stats``) and counts."""
         summary: dict[str, Any] = {}
         for spec in [*self.attacked, *self.held]:
             vals = stats.get(spec, [])
@@ -410,13 +432,16 @@ class _Run:
                 summary[spec] = {"attacked": spec in self.attacked, "nme_mean": round(float(np.mean(vals)), 4),
                                  "broken_fraction": round(float(np.mean([v > self.o.threshold for v in vals])), 4),
                                  "faces_measured": len(vals)}
-        record.update(status="protected" if n_faces else "unchanged", frames=n_frames, fps=str(info.fps),
+        record.update(status="protected" if n_faces else "unchanged", frames=n_frames, fps=str(fps),
                       faces_protected=n_faces, skipped_small_faces=n_small, extractors=summary,
                       ssim_mean=round(float(np.mean(stats["_ssim"])), 4) if stats.get("_ssim") else None,
                       psnr_mean=round(float(np.mean(stats["_psnr"])), 2) if stats.get("_psnr") else None,
-                      audio=writer.audio_note or ("copied" if info.has_audio else "none"))
-        self.store.mark_finished(entry.path, out, report=record)
+                      audio=audio)
         return record
+
+
+def _span_kwargs(span: tuple[int, int | None] | None) -> dict[str, Any]:
+    return {} if span is None else {"start": span[0], "stop": span[1]}
 
 
 def protect(

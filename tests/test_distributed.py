@@ -1,5 +1,7 @@
 """Scale-out with torch.distributed / torchrun: sharding, merging, two CPU workers on 127.0.0.1,
-a lost worker and the rerun that completes exactly the missing files."""
+a lost worker and the rerun that completes exactly the missing files; long videos split into
+frame ranges over the workers and merged (pixel-identical to one process without the warm start),
+a worker lost mid-video and the rerun that redoes only its ranges."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbcore.distributed import PARTS_DIR, WorkerInfo, merge_reports, shard, worker_info
+from lbcore.distributed import (
+    PARTS_DIR,
+    WorkerInfo,
+    merge_reports,
+    shard,
+    split_frames,
+    worker_info,
+)
 from lbcore.errors import SpecError
 
 TINY_FAN = "fan:weights=none,width=16,landmarks=68,resolution=64"
@@ -109,11 +118,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(src: Path, out: Path, *extra: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _torchrun(src: Path, out: Path, *extra: str, env: dict[str, str], extractor: str = TINY_FAN,
+              args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), *extra, "-m", "lbcore", "distributed", "protect", str(src),
-           "-o", str(out), "--extractor", TINY_FAN, "--steps", "2", "--box", "10,10,60,60",
-           "--no-compression-check", "--device", "cpu", "--json"]
+           "-o", str(out), "--extractor", extractor, "--steps", "2", "--box", "10,10,60,60",
+           "--no-compression-check", "--device", "cpu", "--json", *args]
     # own session: on a timeout the whole group (torchrun and its workers) is stopped
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -208,3 +218,182 @@ def test_evaluate_over_two_cpu_workers_matches_one_process(tmp_path, shared):
     for k, r in rows1.items():
         assert rows2[k]["nme"] == pytest.approx(r["nme"], abs=1e-6), k
     assert (tmp_path / "two" / "report.md").is_file()
+
+
+def test_split_frames_covers_every_frame_once_balanced():
+    for n, seg, batch in [(10, 4, 1), (275, 64, 8), (7, 3, 2), (5, 8, 8), (16, 4, 4), (1, 1, 1), (9, 2, 2)]:
+        ranges = split_frames(n, seg, batch)
+        assert [f for a, b in ranges for f in range(a, b)] == list(range(n)), (n, seg, batch)
+        size = -(-seg // batch) * batch  # rounded up to whole batches: one process's batches
+        assert all(b - a == size for a, b in ranges[:-1]) and 0 < ranges[-1][1] - ranges[-1][0] <= size
+        assert all(a % batch == 0 for a, _ in ranges)
+    assert split_frames(10, 0, 4) == [(0, 10)]  # 0: whole videos
+    assert split_frames(0, 4) == []
+    with pytest.raises(SpecError, match="segment-frames"):
+        split_frames(10, -1)
+    # a long video's ranges and a few photos (cost 1 each) balance over two workers
+    costs = [b - a for a, b in split_frames(275, 32, 8)] + [1] * 5
+    loads = [sum(costs[i] for i in p) for p in shard(costs, 2)]
+    assert sum(loads) == 280 and max(loads) - min(loads) <= 32, loads
+
+
+CLIP_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory, shared):
+    """The shared clip's first 8 frames at 128x72, with its audio, as an H.264 MP4."""
+    import cv2
+
+    from lbcore.io import VideoWriter, iter_video_frames, probe_video
+
+    src = shared / "data" / "video" / "short_hamilton_clip.mp4"
+    folder = tmp_path_factory.mktemp("dclip")
+    path = folder / "in" / "clip.mp4"
+    path.parent.mkdir()
+    with VideoWriter(path, probe_video(src).fps, codec="h264", crf=12, audio_from=src) as w:
+        for i, frame in enumerate(iter_video_frames(src)):
+            if i >= CLIP_FRAMES:
+                break
+            w.write(cv2.resize(frame, (128, 72), interpolation=cv2.INTER_AREA))
+    # weights=none draws new random weights in every process: fixed ones for every run
+    import torch
+
+    from lbcore.plugins import get_plugin_manager
+
+    pytest.importorskip("lb_fan")
+    torch.manual_seed(0)
+    ext = get_plugin_manager().build("extractors", TINY_FAN)
+    torch.save(ext.net.state_dict(), folder / "fan.pth")
+    return path, TINY_FAN.replace("weights=none", f"weights={folder / 'fan.pth'}")
+
+
+def _clip_options(spec: str):
+    from lbcore.protection import ProtectOptions
+
+    # the settings `lb distributed protect ... --steps 2 --box 10,10,60,60 --batch-size 2` gives
+    return ProtectOptions(extractors=(spec,), steps=2, boxes=((10.0, 10.0, 60.0, 60.0),), check_compression=False,
+                          device="cpu", batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def cold_reference(small_clip, tmp_path_factory):
+    """One process, same settings, the warm start left out: (frames, times) of its output."""
+    import torch
+
+    from lbcore.io import iter_inputs, iter_video_frames_timed
+    from lbcore.protection import _Run
+
+    clip, spec = small_clip
+    out = tmp_path_factory.mktemp("cold")
+    run = _Run(_clip_options(spec), out, [clip], None)
+    plain_attack = run.attack
+    run.attack = lambda x, faces, init=None: plain_attack(x, faces)  # type: ignore[method-assign]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (OMP_NUM_THREADS=1): the same float sums
+    try:
+        rec = run.video(next(iter_inputs([clip])))
+    finally:
+        torch.set_num_threads(threads)
+    assert rec["frames"] == CLIP_FRAMES and rec["faces_protected"] == CLIP_FRAMES
+    return [(f, t) for f, t in iter_video_frames_timed(out / "clip.mkv")]
+
+
+def _segments(out: Path) -> list[dict]:
+    found = []
+    for part in sorted((out / PARTS_DIR).glob("part-*.json")):
+        found += json.loads(part.read_text()).get("segments", [])
+    return found
+
+
+def _segment_name(seg: dict) -> str:
+    """A segment's file stem, from its record in a worker's part."""
+    return f"{seg['start']:09d}-" + ("end" if seg["stop"] is None else f"{seg['stop']:09d}")
+
+
+def _check_clip_output(out: Path, clip: Path, reference: list) -> dict:
+    from lbcore.io import iter_video_frames_timed, probe_video
+
+    report = json.loads((out / "report.json").read_text())
+    rec = report["files"][0]
+    assert rec["status"] == "protected" and rec["frames"] == CLIP_FRAMES == rec["faces_protected"], rec
+    assert rec["audio"] == "copied" and probe_video(out / "clip.mkv").has_audio
+    assert set(rec["extractors"]) == {report["settings"]["extractors"][0]} and rec["ssim_mean"] is not None
+    got = list(iter_video_frames_timed(out / "clip.mkv"))
+    src = list(iter_video_frames_timed(clip))
+    assert len(got) == len(src) == len(reference) == CLIP_FRAMES
+    for (g, tg), (s, ts), (r, tr) in zip(got, src, reference, strict=True):
+        assert tg == tr and abs(float(tg) - float(ts)) <= 0.001  # Matroska keeps milliseconds
+        assert 0 < np.abs(g.astype(int) - s.astype(int)).max() <= 15  # protected, within eps
+        assert np.array_equal(g, r)  # the single process without warm start, pixel for pixel
+    assert not (out / PARTS_DIR / "segments").exists(), "segments left after the merge"
+    return report
+
+
+def test_long_video_split_into_frame_ranges_over_two_workers(small_clip, cold_reference, tmp_path):
+    """8 frames, --segment-frames 2 --batch-size 2: 4 ranges, 2 per worker, merged by rank 0 into
+    one output with the frames, times and audio of one process's (each range one batch: no warm
+    start anywhere, so the output equals the cold single-process run's pixel for pixel)."""
+    from lbcore.protection import protect
+
+    clip, spec = small_clip
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = _torchrun(clip.parent, out, env=env, extractor=spec, args=("--segment-frames", "2", "--batch-size", "2"))
+    assert res.returncode == 0, (_errors(out), res.stderr[-3000:])
+    segs = _segments(out)
+    assert sorted((s["start"], s["stop"]) for s in segs) == [(0, 2), (2, 4), (4, 6), (6, None)]
+    assert all(s["status"] == "protected" for s in segs)
+    report = _check_clip_output(out, clip, cold_reference)
+    assert [w["frame_ranges"] for w in sorted(report["workers"], key=lambda w: w["rank"])] == [2, 2]
+    assert report["summary"]["files"] == {"protected": 1}
+    # marked finished like a single-process output: `lb protect` with the same settings skips it
+    again = protect([clip.parent], out, _clip_options(spec))
+    assert again["files"][0]["status"] == "done earlier"
+
+
+def test_worker_lost_mid_video_rerun_redoes_only_its_ranges(small_clip, cold_reference, tmp_path):
+    """Worker 1 is lost after its first range (2-4): the command fails, finished ranges stay as
+    segments. The rerun redoes only the ranges without a finished segment and merges the video."""
+    clip, spec = small_clip
+    out = tmp_path / "out"
+    args = ("--segment-frames", "2", "--batch-size", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LB_TEST_DISTRIBUTED_FAIL": "1:1"}
+    first = _torchrun(clip.parent, out, env=env, extractor=spec, args=args)
+    assert first.returncode != 0
+    assert not (out / "clip.mkv").exists() and not (out / "report.json").exists()
+    done = {p.stem: p.stat().st_mtime_ns for p in (out / PARTS_DIR / "segments").glob("*/*.json")}
+    assert "000000002-000000004" in done and "000000006-end" not in done, (done, first.stderr[-3000:])
+    del env["LB_TEST_DISTRIBUTED_FAIL"]
+    second = _torchrun(clip.parent, out, env=env, extractor=spec, args=args)
+    assert second.returncode == 0, (_errors(out), second.stderr[-3000:])
+    status = {_segment_name(s): s["status"] for s in _segments(out)}
+    assert len(status) == 4
+    assert {k for k, v in status.items() if v == "done earlier"} == set(done), (status, done)
+    assert all(v == "protected" for k, v in status.items() if k not in done)
+    _check_clip_output(out, clip, cold_reference)
+
+
+def test_missing_frame_range_at_merge_is_one_error_line(small_clip, tmp_path):
+    """Rank 0's merge with segments missing (one failed, the others never written): an error
+    record naming the video and the frame ranges, no output, no crash."""
+    from lbcore.distributed import _merge_videos, plan_units
+    from lbcore.io import display_path, iter_inputs
+    from lbcore.protection import _Run
+
+    clip, spec = small_clip
+    out = tmp_path / "out"
+    run = _Run(_clip_options(spec), out, [clip], None)
+    entries = list(iter_inputs([clip]))
+    units = plan_units(entries, run, 2, {})
+    assert [(u.start, u.stop, u.cost) for u in units] == [(0, 2, 2), (2, 4, 2), (4, 6, 2), (6, None, 2)]
+    assert [(u.start, u.cost) for u in plan_units(entries, run, 0, {})] == [(None, CLIP_FRAMES)]
+    name = display_path(clip)
+    parts = [{"segments": [{"index": 0, "start": 2, "stop": 4, "status": "error", "error": f"{name}: boom"}]}]
+    lines = []
+    (rec,) = _merge_videos(entries, units, run, out, parts, lines.append)
+    assert rec["status"] == "error" and rec["index"] == 0
+    assert rec["error"] == (f"{name}: frames 0-2, 4-6, 6-end missing (worker lost?); frames 2-4 failed (boom); "
+                            "not written (run the same command again to redo them)")
+    assert not (out / "clip.mkv").exists()
+    assert len(lines) == 1 and f"{name}: error" in lines[0]

@@ -18,7 +18,8 @@ from lbcore.commands.protect_cmd import protect_cmd
 
 # ``lb protect`` parameter -> ProtectOptions field, where the names differ
 _RENAMED = {"attack_name": "attack", "compile_": "compile"}
-_CLI_ONLY = {"inputs", "outdir", "weights", "example", "quiet", "as_json", "boxes", "no_compression_check"}
+_CLI_ONLY = {"inputs", "outdir", "weights", "example", "quiet", "as_json", "boxes", "no_compression_check",
+             "segment_frames"}
 
 
 def options_from_cli(params: dict[str, Any]) -> Any:
@@ -44,9 +45,11 @@ def distributed_group() -> None:
     torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --master-addr HOST \\
         --max-restarts 3 -m lbcore distributed protect IN -o OUT
 
-    protect splits work by file, evaluate by (source, attack, ablation) unit; each worker uses
-    cuda:LOCAL_RANK (or the CPU); rank 0 writes the merged report. A lost worker's files are redone by the restarted group
-    (--max-restarts) or by running the same command again: finished files are skipped.
+    protect splits work by file and long videos by frame range (--segment-frames), evaluate by
+    (source, attack, ablation) unit; each worker uses cuda:LOCAL_RANK (or the CPU); rank 0 merges
+    the frame ranges and writes the merged report. A lost worker's files and ranges are redone by
+    the restarted group (--max-restarts) or by running the same command again: finished ones are
+    skipped.
     """
 
 
@@ -66,14 +69,22 @@ def _protect(**params: Any) -> None:
     outdir: Path = params["outdir"]
     quiet, as_json = params["quiet"], params["as_json"]
     log = None if quiet or as_json else (lambda s: click.echo(f"[{info.rank}] {s}", err=True))
-    report = protect_distributed(paths, outdir, options_from_cli(params), progress=log, info=info)
+    report = protect_distributed(paths, outdir, options_from_cli(params), progress=log, info=info,
+                                 segment_frames=params["segment_frames"])
     if info.rank == 0:
         print_report(report, outdir, quiet, as_json)
 
 
+_SEGMENT_FRAMES = click.Option(
+    ["--segment-frames"], type=click.IntRange(min=0), default=256, show_default=True,
+    help="Split videos longer than this into frame ranges over the workers (rounded up to a multiple "
+         "of --batch-size; rank 0 joins them); 0: one worker per video.",
+)
+
 distributed_group.add_command(click.Command(
-    "protect", params=list(protect_cmd.params), callback=_protect,
-    help="`lb protect` with the inputs split over the torchrun workers (same options).",
+    "protect", params=[*protect_cmd.params, _SEGMENT_FRAMES], callback=_protect,
+    help="`lb protect` with the inputs (and long videos' frame ranges) split over the torchrun workers "
+         "(same options, plus --segment-frames).",
 ))
 
 def _evaluate(**params: Any) -> None:
