@@ -155,20 +155,31 @@ class StagedFrames:
     """A batch of frames ready for the attack.
 
     Attributes:
-        host: ``(B, 3, H, W)`` float32 on the CPU, values 0..255 (for measuring and reporting).
-        device: The same pixels on the attack's device (the same tensor on the CPU).
+        frames: ``(B, H, W, 3)`` uint8 on the CPU, as decoded.
     """
 
-    def __init__(self, host: Any, device: Any, ready: Any = None) -> None:
-        self.host = host
+    def __init__(self, frames: Any, device: Any = None, ready: Any = None) -> None:
+        self.frames = frames
+        self._host: Any = None
         self._device = device
         self._ready = ready
 
     @property
+    def host(self) -> Any:
+        """``(B, 3, H, W)`` float32 on the CPU, values 0..255 (made on first use: only batches
+        that are measured need it when the attack runs on a GPU)."""
+        if self._host is None:
+            self._host = self.frames.permute(0, 3, 1, 2).float()
+        return self._host
+
+    @property
     def device(self) -> Any:
-        """The device copy; on CUDA the current stream first waits for its copy to finish."""
+        """The same pixels on the attack's device (the host tensor itself on the CPU); on CUDA
+        the current stream first waits for the copy to finish."""
         import torch
 
+        if self._device is None:
+            return self.host
         if self._ready is not None:
             stream = torch.cuda.current_stream(self._device.device)
             stream.wait_event(self._ready)
@@ -188,16 +199,17 @@ def stage_frames(frames: list[np.ndarray], device: Any, copy_stream: Any = None)
 
     dev = torch.device(device)
     u8 = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))  # (B, H, W, 3)
-    host = u8.permute(0, 3, 1, 2).float()
+    if dev.type == "cpu":
+        return StagedFrames(u8)
     if dev.type != "cuda":
-        return StagedFrames(host, host if dev.type == "cpu" else host.to(dev))
+        return StagedFrames(u8, u8.to(dev).permute(0, 3, 1, 2).float())
     stream = copy_stream or _copy_stream(dev)
     pinned = u8.pin_memory()
     with torch.cuda.stream(stream):
         on_dev = pinned.to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
         ready = torch.cuda.Event()
         ready.record(stream)
-    return StagedFrames(host, on_dev, ready)
+    return StagedFrames(u8, on_dev, ready)
 
 
 _STREAMS: dict[Any, Any] = {}

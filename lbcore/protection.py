@@ -248,11 +248,16 @@ class _Run:
         return rows
 
     def attack(self, x: Any, faces: Any, init: Any = None) -> Any:
+        """Protected images on the CPU (float, integer values) for images ``x`` anywhere."""
+        adv = self.attack_on_device(x, faces, init)
+        return adv.to(self.torch.uint8).cpu().float()  # integer pixels: uint8 moves a quarter of the bytes
+
+    def attack_on_device(self, x: Any, faces: Any, init: Any = None) -> Any:
+        """Protected images left on the attack's device (video: the next warm start is made there)."""
         from lbcore.engine import attack
 
-        adv = attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
-                     plugin_manager=self.pm, init=init, performance=self.performance).adversarial
-        return adv.to(self.torch.uint8).cpu().float()  # integer pixels: uint8 moves a quarter of the bytes
+        return attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
+                      plugin_manager=self.pm, init=init, performance=self.performance).adversarial
 
     def output_path(self, entry: Any) -> Path:
         """Where an input's protected file goes (the input's relative path under the output folder)."""
@@ -386,28 +391,35 @@ class _Run:
             # overlap=False: the same steps one after another (to measure what overlapping wins)
             with BackgroundWriter(encode, threaded=self.o.overlap) as encoder:
                 for times, staged, per_frame in (prefetch(batches()) if self.o.overlap else batches()):
-                    x = staged.host
+                    # frames, perturbation and warm start stay on the attack's device; only the
+                    # protected uint8 frames come back (and float copies for measured batches)
+                    x = staged.device
                     n_small += sum(len(s) for _, s in per_frame)
                     boxes = [k for k, _ in per_frame]
                     adv = x
+                    measured = None
                     if any(boxes):
                         faces = Faces.from_lists(boxes)
                         init = None
                         if prev_delta is not None and prev_delta.shape == x.shape[1:]:
                             init = x + prev_delta  # warm start from the previous frame's perturbation
-                        adv = self.attack(staged.device, faces, init=init)
+                        adv = self.attack_on_device(x, faces, init=init)
                         flat = [b for bs in boxes for b in bs]
                         n_faces += len(flat)
                         # measure a subsample: the first batch with faces, then every report_every-th
                         if measured_batches % max(1, self.o.report_every) == 0:
-                            for row in self.measure(x, adv, faces, flat, with_checks=False):
-                                for spec, e in row["extractors"].items():
-                                    stats.setdefault(spec, []).append(e["nme"])
-                                stats.setdefault("_ssim", []).append(row["ssim"])
-                                stats.setdefault("_psnr", []).append(row["psnr"])
+                            measured = (faces, flat)
                         measured_batches += 1
                     prev_delta = (adv - x)[-1]
-                    encoder.put((times, adv.permute(0, 2, 3, 1).to(self.torch.uint8).numpy()))
+                    adv_u8 = adv.permute(0, 2, 3, 1).to(self.torch.uint8).contiguous().cpu()
+                    encoder.put((times, adv_u8.numpy()))
+                    if measured is not None:
+                        adv_host = adv_u8.permute(0, 3, 1, 2).float()
+                        for row in self.measure(staged.host, adv_host, *measured, with_checks=False):
+                            for spec, e in row["extractors"].items():
+                                stats.setdefault(spec, []).append(e["nme"])
+                            stats.setdefault("_ssim", []).append(row["ssim"])
+                            stats.setdefault("_psnr", []).append(row["psnr"])
                     n_frames += len(times)
                     if raw is not None:
                         raw.setdefault("times", []).extend(times)

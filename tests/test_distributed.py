@@ -300,8 +300,8 @@ def cold_reference(small_clip, tmp_path_factory):
     clip, spec = small_clip
     out = tmp_path_factory.mktemp("cold")
     run = _Run(_clip_options(spec), out, [clip], None)
-    plain_attack = run.attack
-    run.attack = lambda x, faces, init=None: plain_attack(x, faces)  # type: ignore[method-assign]
+    plain_attack = run.attack_on_device
+    run.attack_on_device = lambda x, faces, init=None: plain_attack(x, faces)  # type: ignore[method-assign]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers (OMP_NUM_THREADS=1): the same float sums
     try:
