@@ -217,3 +217,23 @@ def test_overlapped_video_pipeline_gives_the_same_frames_as_one_step_after_anoth
     frames = [list(iter_video_frames(tmp_path / str(o) / "clip.mkv")) for o in (True, False)]
     for x, y in zip(*frames, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_amp_bf16_on_the_cpu_and_fp16_refused(tmp_path, shared):
+    """--amp bf16 runs the extractors under bf16 autocast on the CPU and still protects within
+    the budget; fp16 has no CPU kernels worth using and is a one-line usage error."""
+    import lbcore
+    from lbcore.io import read_image
+
+    photo = shared / "data" / "photos" / "obama-240p.jpg"
+    report = lbcore.protect([photo], tmp_path / "bf16", steps=3, check_compression=False, min_face=20,
+                            amp="bf16", device="cpu")
+    rec = report["files"][0]
+    assert rec["status"] == "protected" and rec["faces"][0]["extractors"]
+    assert all(e["nme"] > 0 for e in rec["faces"][0]["extractors"].values())
+    clean = read_image(photo).rgb.astype(int)
+    adv = read_image(tmp_path / "bf16" / "obama-240p.png").rgb.astype(int)
+    assert 0 < np.abs(adv - clean).max() <= 15
+    res = _run("protect", photo, "-o", tmp_path / "fp16", "--amp", "fp16", "--device", "cpu", check=False)
+    assert res.returncode == 2 and "fp16 is for CUDA" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
