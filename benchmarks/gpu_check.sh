@@ -9,6 +9,6 @@ out=${1:-benchmarks/out}
 mkdir -p "$out"
 py=${PYTHON:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-timeout 120 $py -m pytest -q tests/test_engine.py tests/test_bench.py -k "cuda or device" 2>&1 | tail -3 | tee "$out/tests.txt"
+timeout 150 $py -m pytest -q tests/test_engine.py tests/test_bench.py tests/test_pipeline.py -k "cuda or device" 2>&1 | tail -3 | tee "$out/tests.txt"
 timeout 240 $py benchmarks/bench_table.py --run gpu --save "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
 timeout 200 $py benchmarks/video_e2e.py --frames 1800 --size 1280x720 --device cuda --batch-size 64 --amp bf16 2>&1 | tee "$out/video.txt"
