@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from lbcore.errors import LBError, SpecError
+from lbcore.errors import InputError, LBError, SpecError
 
 __all__ = ["STRENGTHS", "ProtectOptions", "protect", "default_extractor_specs"]
 
@@ -37,6 +37,11 @@ ROBUST_EOT = ("diffjpeg:quality_range=50:90",)
 
 COMPRESSION_CHECKS = ("jpeg:quality=75", "jpeg:quality=50", "c2")
 """Real re-compressions applied to each protected image for the report."""
+
+
+UNDEFINED_NME = ("NME undefined: the extractor put both outer eye corners of the unprotected face on one "
+                 "point (not a usable face for it)")
+"""The report's note for a face whose clean landmarks cannot normalise the NME."""
 
 
 @attrs.define
@@ -226,12 +231,15 @@ class _Run:
             for spec in [*self.attacked, *self.held]:
                 scheme = (self.attacked.get(spec) or self.held[spec]).scheme
                 ref = before[spec][i].numpy()
-                n = float(nme(after[spec][i].numpy(), ref, scheme))
-                entry: dict[str, Any] = {
-                    "attacked": spec in self.attacked,
-                    "nme": round(n, 4),
-                    "broken": bool(n > self.o.threshold),
-                }
+                entry: dict[str, Any] = {"attacked": spec in self.attacked}
+                try:
+                    n = float(nme(after[spec][i].numpy(), ref, scheme))
+                except InputError:  # the clean landmarks put both outer eye corners on one point
+                    # the output is written already: report the face as unmeasured, keep the file
+                    entry.update(nme=None, broken=None, note=UNDEFINED_NME)
+                    row["extractors"][spec] = entry
+                    continue
+                entry.update(nme=round(n, 4), broken=bool(n > self.o.threshold))
                 if after_checks:
                     entry["after_compression"] = {
                         c: round(float(nme(v[spec][i].numpy(), ref, scheme)), 4) for c, v in after_checks.items()
@@ -417,7 +425,8 @@ class _Run:
                         adv_host = adv_u8.permute(0, 3, 1, 2).float()
                         for row in self.measure(staged.host, adv_host, *measured, with_checks=False):
                             for spec, e in row["extractors"].items():
-                                stats.setdefault(spec, []).append(e["nme"])
+                                if e["nme"] is not None:
+                                    stats.setdefault(spec, []).append(e["nme"])
                             stats.setdefault("_ssim", []).append(row["ssim"])
                             stats.setdefault("_psnr", []).append(row["psnr"])
                     n_frames += len(times)
@@ -562,7 +571,8 @@ def _summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     per_ext: dict[str, list[float]] = {}
     for f in faces:
         for spec, e in f["extractors"].items():
-            per_ext.setdefault(spec, []).append(e["nme"])
+            if e["nme"] is not None:
+                per_ext.setdefault(spec, []).append(e["nme"])
     status: dict[str, int] = {}
     for r in records:
         status[r["status"]] = status.get(r["status"], 0) + 1

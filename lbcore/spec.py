@@ -134,6 +134,8 @@ def bind_params(
     factory: Callable[..., Any], params: dict[str, str], spec_name: str
 ) -> dict[str, Any]:
     """Check ``params`` against the factory's signature and convert the values."""
+    # error messages are one line: show control characters of the spec escaped, as repr does
+    spec_name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in spec_name)
     sig = _signature_params(factory)
     accepts_any = any(
         p.kind == p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()

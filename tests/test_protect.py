@@ -237,3 +237,36 @@ def test_amp_bf16_on_the_cpu_and_fp16_refused(tmp_path, shared):
     res = _run("protect", photo, "-o", tmp_path / "fp16", "--amp", "fp16", "--device", "cpu", check=False)
     assert res.returncode == 2 and "fp16 is for CUDA" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, monkeypatch):
+    """An extractor that puts every landmark on one point (both eye corners coincide) makes
+    the NME undefined: the protected photo and video are still written and reported, with the
+    face marked unmeasured instead of the whole file failing."""
+    import torch
+
+    import lbcore
+    from lbcore.protection import UNDEFINED_NME, _Run
+
+    real = _Run.predict_all
+
+    def collapsed(self, x, faces):
+        return {k: torch.zeros_like(v) + 40.0 for k, v in real(self, x, faces).items()}
+
+    monkeypatch.setattr(_Run, "predict_all", collapsed)
+    photo = shared / "data" / "photos" / "obama-240p.jpg"
+    report = lbcore.protect([photo, clip], tmp_path / "o", steps=2, min_face=20, check_compression=False,
+                            batch_size=4, device="cpu")
+    img, vid = report["files"]
+    assert img["status"] == "protected" and (tmp_path / "o" / "obama-240p.png").is_file()
+    e = next(iter(img["faces"][0]["extractors"].values()))
+    assert e["nme"] is None and e["broken"] is None and e["note"] == UNDEFINED_NME
+    assert vid["status"] == "protected" and vid["frames"] == 6 and (tmp_path / "o" / "clip.mkv").is_file()
+    assert vid["extractors"] == {}  # nothing measurable
+    assert report["summary"]["faces"] == 1 and report["summary"]["faces_broken_all_attacked"] == 0
+    from lbcore.commands.protect_cmd import _table
+    from lbcore.web.words import describe_record
+
+    lines = _table({**report, "settings": {**report["settings"], "threshold": 0.1}})
+    assert any("NME undefined" in line for line in lines)
+    assert "could not be measured" in json.dumps(describe_record(img, 0.1))

@@ -41,6 +41,9 @@ def _table(report: dict[str, Any]) -> list[str]:
             parts = []
             for k, e in f["extractors"].items():
                 tag = "" if e["attacked"] else " held-out"
+                if e["nme"] is None:
+                    parts.append(f"{k}{tag} NME undefined (eye corners coincide on the original)")
+                    continue
                 verdict = "broken" if e["broken"] else "NOT broken"
                 after = e.get("after_compression")
                 extra = ""

@@ -61,6 +61,9 @@ def _face_lines(face: dict[str, Any], threshold: float, several: bool) -> tuple[
         tag = "" if e.get("attacked", True) else " (not attacked; shows how the protection carries over)"
         if e.get("attacked", True):
             ok = ok and bool(e.get("broken"))
+        if e.get("nme") is None:
+            lines.append(f"{who}could not be measured: {e.get('note') or 'NME undefined'}{tag}")
+            continue
         verdict = "protected" if e.get("broken") else f"not enough (needs over {_pct(threshold)})"
         lines.append(f"{who}landmarks moved by {_pct(e['nme'])} of the eye distance — {verdict}{tag}")
         for check, value in (e.get("after_compression") or {}).items():
