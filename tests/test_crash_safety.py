@@ -298,7 +298,8 @@ def test_evaluate_survives_sigkill_and_resumes_exactly(eval_data, tiny_site, tmp
         partial, after = _eval_check(out)
         reliability_counts["partial_outputs"] += partial
         assert partial == 0, log
-        assert all(after.get(n) == t for n, t in before.items()), log  # finished units untouched
+        changed = [n for n, t in before.items() if after.get(n) != t]
+        assert not changed, (log, changed, sorted(after))  # finished units untouched
     reliability_counts["crash_points"] += kills
     assert kills >= EVAL_CRASH_POINTS - 1, log
     _, before = _eval_check(out)
