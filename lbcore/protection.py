@@ -73,11 +73,12 @@ class ProtectOptions:
     amp: str = "auto"
     compile: bool = False
     overlap: bool = True
+    detect_every: int = 1
 
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
         keep = ("extractors", "attack", "strength", "eps", "steps", "robust", "detector", "boxes",
-                "min_face", "codec", "crf", "seed", "amp")
+                "min_face", "codec", "crf", "seed", "amp", "detect_every")
         d = attrs.asdict(self)
         return {k: d[k] for k in keep}
 
@@ -180,17 +181,17 @@ class _Run:
         self.torch = torch
 
     # -- faces -------------------------------------------------------------------------
-    def find_faces(self, rgb: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
+    def find_faces(self, rgb: np.ndarray,
+                   found: list[list[float]] | None = None) -> tuple[list[list[float]], list[list[float]]]:
         """``(faces to protect, faces too small)`` as x1,y1,x2,y2 lists.
 
-        The size test uses the part of the box inside the image: a ``--box`` given for every
-        input can miss a smaller image entirely (nothing there to protect).
+        ``found``: boxes already known for this image (video frames between detections); by
+        default the ``--box`` list or the detector's boxes. The size test uses the part of the
+        box inside the image: a ``--box`` given for every input can miss a smaller image entirely
+        (nothing there to protect).
         """
-        if self.o.boxes:
-            found = [list(b) for b in self.o.boxes]
-        else:
-            assert self.detector is not None
-            found = [[float(v) for v in b[:4]] for b in self.detector(rgb)]
+        if found is None:
+            found = self.detect(rgb)
         h, w = rgb.shape[:2]
         keep: list[list[float]] = []
         small: list[list[float]] = []
@@ -198,6 +199,34 @@ class _Run:
             side = min(min(b[2], w) - max(b[0], 0.0), min(b[3], h) - max(b[1], 0.0))
             (keep if side >= self.o.min_face else small).append(b)
         return keep, small
+
+    def detect(self, rgb: np.ndarray) -> list[list[float]]:
+        """The ``--box`` list, or the detector's boxes for this image."""
+        if self.o.boxes:
+            return [list(b) for b in self.o.boxes]
+        assert self.detector is not None
+        return [[float(v) for v in b[:4]] for b in self.detector(rgb)]
+
+    def find_faces_in_frames(self, frames: list[np.ndarray], first: int,
+                             previous: list[list[float]] | None = None) -> tuple[list[Any], list[list[float]]]:
+        """:meth:`find_faces` for consecutive video frames ``first, first + 1, ...``.
+
+        With ``detect_every`` N > 1 the detector runs on every N-th frame of the video and on
+        the last frame of the batch only; the frames between take boxes interpolated between the
+        two nearest detections (:func:`interpolate_boxes`), ``previous`` being the boxes of the
+        frame before ``first`` (the last of the previous batch). Returns the per-frame
+        ``(keep, small)`` and the last frame's boxes (the next batch's ``previous``).
+        """
+        every = max(1, self.o.detect_every)
+        if self.o.boxes or every == 1:
+            found = [self.detect(f) for f in frames]
+        else:
+            keys = {i: self.detect(f) for i, f in enumerate(frames)
+                    if (first + i) % every == 0 or i == len(frames) - 1}
+            if previous is not None:
+                keys[-1] = previous
+            found = interpolate_boxes(keys, len(frames))
+        return [self.find_faces(f, b) for f, b in zip(frames, found, strict=True)], found[-1]
 
     # -- measuring ---------------------------------------------------------------------
     def predict_all(self, x: Any, faces: Any) -> dict[str, Any]:
@@ -383,8 +412,13 @@ class _Run:
                 getattr(frames, "close", lambda: None)()  # the video file, now, even when stopped early
 
         def prepare(chunk: list[tuple[np.ndarray, Any]]) -> tuple[list[Any], Any, list[Any]]:
-            return [t for _, t in chunk], stage_frames([f for f, _ in chunk], self.device), \
-                [self.find_faces(f) for f, _ in chunk]
+            per_frame, last_boxes[0] = self.find_faces_in_frames([f for f, _ in chunk], done_frames[0], last_boxes[0])
+            done_frames[0] += len(chunk)
+            return [t for _, t in chunk], stage_frames([f for f, _ in chunk], self.device), per_frame
+
+        # (the background thread's running state: frame number, the last frame's face boxes)
+        done_frames = [0 if span is None else span[0]]
+        last_boxes: list[list[list[float]] | None] = [None]
 
         frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
                           leave=False, disable=not self.bars, file=sys.stderr)
@@ -459,6 +493,61 @@ class _Run:
                       psnr_mean=round(float(np.mean(stats["_psnr"])), 2) if stats.get("_psnr") else None,
                       audio=audio)
         return record
+
+
+def interpolate_boxes(keys: dict[int, list[list[float]]], n: int, min_iou: float = 0.3) -> list[list[list[float]]]:
+    """Face boxes for frames ``0 .. n-1`` from detections on some of them (``keys``: frame ->
+    boxes; must include the last frame, ``n - 1``).
+
+    A frame between two detected frames gets, for each face matched across them (greedily by
+    IoU >= ``min_iou``), the box interpolated linearly in time; faces seen on only one side come
+    from the nearer detected frame (so a face appearing or leaving does so half-way). Frames
+    before the first detection take its boxes.
+    """
+    order = sorted(keys)  # (-1: the frame before the first, e.g. the previous batch's last)
+    if not order or order[-1] != n - 1:
+        raise ValueError("interpolate_boxes needs a detection on the last frame")
+    out: list[list[list[float]]] = []
+    for i in range(n):
+        if i in keys:
+            out.append([list(b) for b in keys[i]])
+            continue
+        after = next(k for k in order if k > i)
+        before = max((k for k in order if k < i), default=None)
+        if before is None:
+            out.append([list(b) for b in keys[after]])
+            continue
+        a, b = keys[before], keys[after]
+        w = (i - before) / (after - before)
+        pairs = _match(a, b, min_iou)
+        boxes = [[(1 - w) * p + w * q for p, q in zip(a[ia], b[ib], strict=True)] for ia, ib in pairs]
+        near, near_matched = (a, {ia for ia, _ in pairs}) if w <= 0.5 else (b, {ib for _, ib in pairs})
+        boxes += [list(box) for j, box in enumerate(near) if j not in near_matched]
+        out.append(boxes)
+    return out
+
+
+def _match(a: list[list[float]], b: list[list[float]], min_iou: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of boxes by IoU (highest first)."""
+    cand = sorted(((_iou(p, q), i, j) for i, p in enumerate(a) for j, q in enumerate(b)), reverse=True)
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    pairs = []
+    for iou, i, j in cand:
+        if iou < min_iou or i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        pairs.append((i, j))
+    return pairs
+
+
+def _iou(p: list[float], q: list[float]) -> float:
+    ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+    iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+    inter = ix * iy
+    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _span_kwargs(span: tuple[int, int | None] | None) -> dict[str, Any]:

@@ -270,3 +270,51 @@ def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, 
     lines = _table({**report, "settings": {**report["settings"], "threshold": 0.1}})
     assert any("NME undefined" in line for line in lines)
     assert "could not be measured" in json.dumps(describe_record(img, 0.1))
+
+
+def test_interpolate_boxes_between_detections():
+    from lbcore.protection import interpolate_boxes
+
+    keys = {0: [[0, 0, 10, 10], [100, 100, 140, 140]], 4: [[4, 2, 14, 12]], 6: [[6, 3, 16, 13], [50, 50, 60, 60]]}
+    out = interpolate_boxes(keys, 7)
+    assert out[0] == keys[0] and out[4] == keys[4] and out[6] == keys[6]
+    # the moving face: linear in time between frames 0 and 4, then 4 and 6
+    np.testing.assert_allclose(out[1][0], [1, 0.5, 11, 10.5])
+    np.testing.assert_allclose(out[3][0], [3, 1.5, 13, 11.5])
+    np.testing.assert_allclose(out[5][0], [5, 2.5, 15, 12.5])
+    # too far apart to be the same face (IoU < 0.3): not interpolated, nearer detection wins
+    jump = interpolate_boxes({0: [[0, 0, 10, 10]], 2: [[50, 50, 60, 60]]}, 3)
+    assert jump[1] == [[0, 0, 10, 10]]
+    # a face seen only at frame 0 stays for the nearer half, then is gone
+    assert [100, 100, 140, 140] in out[1] and [100, 100, 140, 140] in out[2]
+    assert len(out[3]) == 1
+    # one appearing at frame 6 shows after the half-way point (a tie goes to the earlier frame)
+    assert len(out[5]) == 1
+    appear = interpolate_boxes({0: [], 3: [[50, 50, 60, 60]]}, 4)
+    assert appear[1] == [] and appear[2] == [[50, 50, 60, 60]]
+    assert interpolate_boxes({2: [[1, 1, 5, 5]]}, 3) == [[[1, 1, 5, 5]]] * 3  # before the first detection
+    with pytest.raises(ValueError):
+        interpolate_boxes({0: []}, 3)
+
+
+def test_detect_every_runs_the_detector_on_fewer_frames(clip, tmp_path, monkeypatch):
+    """--detect-every 3 on a 6-frame clip with batches of 4: the detector sees frames 0, 3
+    (every 3rd) and 5 (the last of a batch), the other frames get interpolated boxes."""
+    from lbcore.io import probe_video
+    from lbcore.protection import _Run
+
+    seen = []
+    real = _Run.detect
+
+    def counting(self, rgb):
+        seen.append(rgb.shape)
+        return real(self, rgb)
+
+    monkeypatch.setattr(_Run, "detect", counting)
+    import lbcore
+
+    rep = lbcore.protect([clip], tmp_path / "api", steps=1, batch_size=4, detect_every=3, check_compression=False,
+                         device="cpu")["files"][0]
+    assert len(seen) == 3  # frames 0 and 3 (every 3rd; 3 also ends batch 1), 5 (ends batch 2)
+    assert rep["frames"] == 6 == probe_video(tmp_path / "api" / "clip.mkv").frame_count
+    assert rep["status"] == "protected" and rep["faces_protected"] >= 1

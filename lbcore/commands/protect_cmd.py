@@ -96,6 +96,9 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Autocast of the extractors (auto: bf16 on GPUs, none on the CPU; bf16 is ~2.5x faster on "
                    "CPUs with AVX512-BF16/AMX).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the extractors (pays off on long videos).")
+@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos: run the face detector on every N-th frame and interpolate the boxes in between "
+                   "(the detector can cost more than the attack on large frames).")
 @click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
 @click.option("--example", is_flag=True, help="Protect a bundled sample photo (scikit-image's astronaut).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or table.")
@@ -105,7 +108,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
                 device: str, detector: str, boxes: tuple[str, ...], min_face: int, threshold: float,
                 codec: str, crf: int, batch_size: int, preview: bool, force: bool, seed: int,
                 max_pixels: int | None, max_frames: int | None, no_compression_check: bool, amp: str,
-                compile_: bool, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool) -> None:
+                compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool) -> None:
     """Protect every face in INPUTS (images, folders, videos) against DeepFake face-swapping.
 
     Adds an imperceptible perturbation that breaks facial landmark extraction (Landmark Breaker,
@@ -128,7 +131,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         boxes=tuple(parse_box(b) for b in boxes), min_face=min_face, threshold=threshold, codec=codec,
         crf=crf, force=force, preview=preview, batch_size=batch_size, seed=seed,
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
-        amp=amp, compile=compile_,
+        amp=amp, compile=compile_, detect_every=detect_every,
     )
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     # bars only for a person watching a terminal; logs and pipes get plain lines
