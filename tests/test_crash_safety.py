@@ -267,8 +267,15 @@ def _eval_check(out: Path) -> tuple[int, dict[str, int]]:
             data = p.read_bytes()
             partial += not (data.endswith(b"IEND\xaeB`\x82")
                             and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None)
-    units = {p.name: p.stat().st_mtime_ns for p in (out / "partial").glob("*.json")} if (out / "partial").is_dir() else {}
+    # finished units only: pathlib's glob also matches the hidden temporary file of a unit being
+    # written when the run was killed (the next run deletes it)
+    units = {p.name: p.stat().st_mtime_ns for p in _units(out)}
     return partial, units
+
+
+def _units(out: Path) -> list[Path]:
+    folder = out / "partial"
+    return [p for p in folder.glob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
 
 
 def test_evaluate_survives_sigkill_and_resumes_exactly(eval_data, tiny_site, tmp_path, reliability_counts):
@@ -278,7 +285,7 @@ def test_evaluate_survives_sigkill_and_resumes_exactly(eval_data, tiny_site, tmp
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     reference = json.loads((ref_out / "results.json").read_text())
-    n_units = len(list((ref_out / "partial").glob("*.json")))
+    n_units = len(_units(ref_out))
     assert n_units >= 5
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lbcore", "evaluate", str(eval_data), "-o", str(out), *EVALUATE]
@@ -290,7 +297,7 @@ def test_evaluate_survives_sigkill_and_resumes_exactly(eval_data, tiny_site, tmp
         target = min(n_units - 1, len(before) + rng.randint(1, 2))
         delay = rng.uniform(0.0, 0.3)
         def ready(target: int = target) -> bool:
-            return (out / "partial").is_dir() and len(list((out / "partial").glob("*.json"))) >= target
+            return len(_units(out)) >= target
 
         running = _kill_when(cmd, env, ready, delay, poll_s=0.005)
         kills += running
