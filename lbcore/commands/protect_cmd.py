@@ -94,7 +94,7 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--no-compression-check", is_flag=True, help="Skip the JPEG/C2 re-compression checks in the report.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
               help="Autocast of the extractors (auto: bf16 on GPUs, none on the CPU; on CPUs with AVX512-BF16/AMX "
-                   "bf16 runs published-size networks 2-3x faster).")
+                   "bf16 ran published-size networks 1.6-2.2x faster here).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the extractors (pays off on long videos).")
 @click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: run the face detector on every N-th frame and interpolate the boxes in between "
