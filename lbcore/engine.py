@@ -22,7 +22,7 @@ from lbcore.extractor import Extractor
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
-__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "resolve_amp", "resolve_device"]
+__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "performance_for", "resolve_amp", "resolve_device"]
 
 
 @attrs.define
@@ -127,6 +127,13 @@ def resolve_amp(amp: str, device: torch.device | str) -> str:
     if dev.type == "cpu" and amp == "fp16":
         raise SpecError("amp fp16 is for CUDA devices; use bf16 or none on the CPU")
     return amp
+
+
+def performance_for(device: torch.device | str, amp: str = "auto", compile: bool = False) -> Performance:
+    """The engine settings the commands use on ``device``: :func:`resolve_amp`'s autocast,
+    channels-last on GPUs, optional ``torch.compile``."""
+    dev = torch.device(device)
+    return Performance(amp=resolve_amp(amp, dev), channels_last=dev.type == "cuda", compile=compile)
 
 
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()

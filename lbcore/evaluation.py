@@ -126,6 +126,8 @@ class EvaluateOptions:
     annotation_format: str = "auto"
     image_root: str | None = None
     force: bool = False
+    amp: str = "auto"
+    compile: bool = False
 
     def describe(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -656,11 +658,12 @@ class _Evaluation:
                  out_dir: Path, pm: Any, notes: list[str], log: Callable[[str], None]) -> None:
         import torch
 
-        from lbcore.engine import resolve_device
+        from lbcore.engine import performance_for, resolve_device
 
         self.o, self.images, self.faces, self.out, self.pm = options, images, faces, out_dir, pm
         self.notes, self.log, self.torch = notes, log, torch
         self.device = resolve_device(options.device)
+        self.performance = performance_for(self.device, options.amp, options.compile)
         self.specs = parse_extractor_specs(options.extractors)
         self.extractors = {k: self._build(k, s) for k, s in self.specs.items()}
         self.reference_label, self.reference_spec = self._reference()
@@ -814,6 +817,7 @@ class _Evaluation:
             "extractors": self.specs, "reference": self.reference_spec, "ground_truth": self.o.ground_truth,
             "eps": self.o.eps, "steps": self.o.steps, "seed": self.o.seed,
             "degradations": list(self.o.degradations), "synth": self.synth_info, "data": self.data_hash(),
+            "amp": self.performance.amp,
         }
 
     def degradations_for(self, unit: Unit) -> list[str]:
@@ -839,7 +843,7 @@ class _Evaluation:
             else:
                 assert unit.source is not None
                 adv = attack(x, fc, self.extractors[unit.source], config, device=self.device,
-                             plugin_manager=self.pm).adversarial.cpu()
+                             plugin_manager=self.pm, performance=self.performance).adversarial.cpu()
             for d in degs:
                 deg = self.degradations[d] if d in self.degradations else self.pm.build_degradation(d)
                 xd = adv if d == "none" else deg(adv.clone())

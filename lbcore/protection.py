@@ -132,7 +132,7 @@ class _Run:
                  progress: Callable[[str], None] | None) -> None:
         import torch
 
-        from lbcore.engine import Performance, preset, resolve_amp, resolve_device
+        from lbcore.engine import performance_for, preset, resolve_device
         from lbcore.io import ResultStore
         from lbcore.plugins import get_plugin_manager
 
@@ -156,8 +156,7 @@ class _Run:
             raise SpecError(f"unknown strength {options.strength!r} (valid: {', '.join(STRENGTHS)})")
         self.device = resolve_device(options.device)
         # the fast path on GPUs (bf16 autocast, NHWC); fp32 on the CPU unless asked (--amp bf16)
-        self.performance = Performance(amp=resolve_amp(options.amp, self.device),
-                                       channels_last=self.device.type == "cuda", compile=options.compile)
+        self.performance = performance_for(self.device, options.amp, options.compile)
         self.held = {s: self.pm.build("extractors", s) for s in options.held_out}
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()

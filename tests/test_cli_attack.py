@@ -66,3 +66,22 @@ def test_list_kinds(tiny_plugin):
     assert names["tiny"]["summary"] == "Tiny random heat-map network for tests."
     res = _lb("list", "attacks")
     assert [ln.split()[0] for ln in res.stdout.splitlines()] == ["base1", "base2", "lb", "lbtrans", "lbmix"]
+
+
+def test_attack_amp_bf16_and_compile_on_the_cpu(tiny_plugin, shared, tmp_path):
+    """--amp bf16 (autocast on the CPU) and --compile run the same attack: within the budget,
+    lower Eq. 1 than the clean image; --amp fp16 on the CPU is a one-line usage error."""
+    import cv2
+
+    src = shared / "data" / "photos" / "obama-240p.jpg"
+    for extra, name in ((["--amp", "bf16"], "bf16"), (["--compile"], "compiled")):
+        res = _lb("attack", src, "-o", tmp_path / name, "--extractor", "tiny", "--steps", "3",
+                  "--box", "180,25,260,105", "--json", *extra)
+        assert res.returncode == 0, res.stderr
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        assert row["loss"] < row["clean_loss"] and row["linf"] <= 15.0
+        diff = np.abs(cv2.imread(str(tmp_path / name / "obama-240p.png")).astype(int) - cv2.imread(str(src)).astype(int))
+        assert 0 < diff.max() <= 15
+    res = _lb("attack", src, "-o", tmp_path / "fp16", "--extractor", "tiny", "--amp", "fp16", "--box", "1,1,50,50")
+    assert res.returncode == 2 and res.stderr.strip().startswith("lb: error:") and "fp16 is for CUDA" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -257,6 +257,10 @@ def test_interrupted_run_resumes_and_is_deterministic(shared, tiny_plugin, fresh
     evaluate(data, tmp_path, opts, steps=4)
     assert len(calls) == 10
     assert json.loads((tmp_path / "results.json").read_text())["config"]["options"]["steps"] == 4
+    # nor does another autocast (bf16 rounds the extractor's forward and backward)
+    bf16 = evaluate(data, tmp_path, opts, steps=4, amp="bf16")
+    assert len(calls) == 13 and not any("resumed" in n for n in bf16["notes"])
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["options"]["amp"] == "bf16"
 
 
 def test_video_key_frames_with_a_detector(shared, tiny_plugin, fresh_pm, tmp_path):

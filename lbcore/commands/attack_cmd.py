@@ -21,6 +21,16 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return (vals[0], vals[1], vals[2], vals[3])
 
 
+def performance_options() -> list[Any]:
+    """``--amp`` and ``--compile`` (lb attack, lb evaluate; lb protect words its own help)."""
+    return [
+        click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
+                     help="Autocast of the extractors' forward and backward (auto: bf16 on GPUs, none on the CPU); "
+                          "the perturbation and its budget stay float32. none: float32 everywhere."),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the extractors' networks."),
+    ]
+
+
 def attack_options(f: Any) -> Any:
     """Options shared by the commands that run the attack engine."""
     opts = [
@@ -38,6 +48,7 @@ def attack_options(f: Any) -> Any:
                           "as landmark-displacement, whose gradient is zero at the clean image). Default 0."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds every random draw."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        *performance_options(),
         click.option("--weights", "weights", multiple=True, metavar="NAME=PATH",
                      help="Use this file for the named weights (see `lb weights list`)."),
     ]
@@ -85,7 +96,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
                extractors: tuple[str, ...], attack_name: str | None, loss: str | None,
                optimizer: str | None, eps: float | None, steps: int | None, eot: tuple[str, ...],
                seed: int, device: str, weights: tuple[str, ...], as_json: bool,
-               random_start: float | None = None) -> None:
+               random_start: float | None = None, amp: str = "auto", compile_: bool = False) -> None:
     """Write adversarial PNGs of IMAGES to OUT and print each image's loss and L-inf.
 
     Runs Algorithm 1 of the paper (or a baseline) against one or more extractors. Outputs are
@@ -93,7 +104,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
     """
     import torch
 
-    from lbcore.engine import attack, resolve_device
+    from lbcore.engine import attack, performance_for, resolve_device
     from lbcore.io import ensure_not_input, read_image, write_image_atomic
     from lbcore.plugins import get_plugin_manager
     from lbcore.types import Faces
@@ -104,6 +115,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
     pm = get_plugin_manager()
     config = build_config(attack_name, loss, optimizer, eps, steps, eot, seed, random_start)
     dev = resolve_device(device)
+    perf = performance_for(dev, amp, compile_)
     exts = [pm.build("extractors", s) for s in extractors]
     fixed = [parse_box(b) for b in boxes]
     det = None if fixed else pm.build("detectors", detector)
@@ -120,7 +132,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
                 raise InputError(f"{path}: no face found (give --box x1,y1,x2,y2)")
             x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
             faces = Faces.from_lists([found])
-            res = attack(x, faces, exts, config, device=dev, plugin_manager=pm)
+            res = attack(x, faces, exts, config, device=dev, plugin_manager=pm, performance=perf)
             adv = res.adversarial[0].permute(1, 2, 0).to("cpu", torch.uint8).numpy()
             target = outdir / (path.stem + ".png")
             ensure_not_input(target, images)

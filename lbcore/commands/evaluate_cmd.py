@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from lbcore.commands.attack_cmd import performance_options
+
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     """Comma- or repeat-separated simple lists (attack names)."""
@@ -30,6 +32,9 @@ def _split_degradations(values: tuple[str, ...]) -> tuple[str, ...]:
                 else:
                     out.append(piece)
     return tuple(out)
+
+
+_performance = performance_options()
 
 
 @click.command("evaluate")
@@ -69,6 +74,8 @@ def _split_degradations(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--image-root", default=None, help="WFLW lists: folder the image paths are relative to.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images attacked together.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_performance[0]
+@_performance[1]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Recompute units a previous run finished.")
 @click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
@@ -79,8 +86,8 @@ def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
                  reference: str | None, ground_truth: str, eps: float | None, steps: int | None, synth: str,
                  synth_steps: int, detector: str, min_face: int, every: int, key_frames: bool,
                  max_frames: int | None, limit: int | None, annotation_format: str, image_root: str | None,
-                 batch_size: int, device: str, seed: int, force: bool, weights: tuple[str, ...], quiet: bool,
-                 as_json: bool) -> None:
+                 batch_size: int, device: str, amp: str, compile_: bool, seed: int, force: bool,
+                 weights: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Evaluate attacks on DATA as the paper does (Tables I-IV, Figs. 3-4).
 
     DATA: image folders (with or without iBUG .pts files), WFLW list files, dlib XML files and
@@ -108,6 +115,7 @@ def options_from_cli(p: dict[str, Any]) -> Any:
         synth_steps=p["synth_steps"], detector=p["detector"], min_face=p["min_face"], every=p["every"],
         key_frames=p["key_frames"], max_frames=p["max_frames"], limit=p["limit"], batch_size=p["batch_size"],
         annotation_format=p["annotation_format"], image_root=p["image_root"], force=p["force"],
+        amp=p.get("amp", "auto"), compile=p.get("compile_", False),
     )
 
 
