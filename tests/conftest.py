@@ -176,3 +176,26 @@ def tiny_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_dist(root, "lb-test-tiny", "tiny", "lb_test_tiny_plugin", TINY_PLUGIN_SRC,
               {"lb_test_tiny_model": TINY_EXTRACTOR_SRC})
     return root
+
+
+def _write_audio_only(path: Path, samples: int = 24000) -> Path:
+    """An AAC-in-MP4 file with no video stream (half a second of silence by default)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=48000, layout="mono")
+        for k in range(0, samples, 960):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, k
+            for p in s.encode(af):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_audio_only():
+    """Writes an audio-only MP4: ``write_audio_only(path)``."""
+    return _write_audio_only

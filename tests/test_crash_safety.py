@@ -67,7 +67,7 @@ def _final_names(out: Path) -> list[Path]:
 def _kill_when(cmd: list[str], env: dict[str, str], ready: Any, delay: float, poll_s: float) -> bool:
     """Start ``cmd``, wait until ``ready()`` (or it ends), sleep ``delay``, SIGKILL it.
     Returns whether it was still running when killed (a real crash point)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         t_end = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < t_end and not ready():
@@ -205,22 +205,9 @@ def test_sigkill_during_video_leaves_no_partial_video(tmp_path, tiny_site, relia
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lbcore", "protect", str(src), "-o", str(out), "--batch-size", "4", *PROTECT]
     cmd[cmd.index("-q")] = "--json"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(tiny_site))
-    try:
-        t_end = time.monotonic() + 120
-        # wait until the hidden temporary video exists: the kill lands mid-video
-        while proc.poll() is None and time.monotonic() < t_end:
-            if out.exists() and any(".lbtmp-" in p.name for p in out.iterdir()):
-                break
-            time.sleep(0.01)
-        time.sleep(0.2)
-        running = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # the kill lands mid-video: once the hidden temporary video exists
+    running = _kill_when(cmd, _env(tiny_site), lambda: out.exists() and any(".lbtmp-" in p.name for p in out.iterdir()),
+                         delay=0.2, poll_s=0.01)
     assert running, "the run finished before the kill"
     reliability_counts["crash_points"] += 1
     assert not (out / "clip.mkv").exists()

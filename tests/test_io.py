@@ -718,17 +718,8 @@ def test_truncated_mp4_index_at_start(tmp_path):
             pass
 
 
-def test_video_without_video_stream(tmp_path):
-    path = tmp_path / "sound.mp4"
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=48000, layout="mono")
-        for k in range(0, 48000, 960):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 48000, k
-            for p in s.encode(af):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
+def test_video_without_video_stream(tmp_path, write_audio_only):
+    path = write_audio_only(tmp_path / "sound.mp4", samples=48000)
     with pytest.raises(InputError, match=r"sound\.mp4: has no video stream \(only audio\)"):
         lio.probe_video(path)
 

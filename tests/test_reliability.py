@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -80,24 +81,12 @@ def write_video(path: Path, n: int, size: tuple[int, int], codec: str = "libx264
             out.mux(p)
 
 
-def write_audio_only(path: Path) -> None:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=48000, layout="mono")
-        for k in range(0, 24000, 960):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 48000, k
-            for p in s.encode(af):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
-
-
 NON_UTF8 = os.fsdecode(b"caf\xe9-\xff.png")
 PLAIN = {"photo.png", "photo2.jpg", "twin.jpg", "sub/inner.png"}
 """The ordinary good files of the corpus (everything else in it is bad or odd)."""
 
 
-def build_corpus(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+def build_corpus(root: Path, write_audio_only: Callable[[Path], Path]) -> tuple[dict[str, str], dict[str, str]]:
     """Write the bad-input corpus (plus good files and handled oddities) into ``root``.
 
     Returns:
@@ -202,10 +191,10 @@ def digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory, tiny_site, reliability_counts):
+def batch(tmp_path_factory, tiny_site, reliability_counts, write_audio_only):
     """One ``lb protect`` run over the whole corpus in one folder (tiny extractor plugin)."""
     src = tmp_path_factory.mktemp("corpus") / "in"
-    bad, good = build_corpus(src)
+    bad, good = build_corpus(src, write_audio_only)
     before = digests(src)
     out = tmp_path_factory.mktemp("protected") / "out"
     res = lb("protect", src, "-o", out, *TINY, site=tiny_site)
