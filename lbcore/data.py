@@ -130,13 +130,18 @@ def _show(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_bytes(path: Path) -> bytes:
+    """An annotation file's bytes, or the one-line error for a missing or unreadable one."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise _fail(path, None, "no such file") from None
     except OSError as err:
         raise _fail(path, None, f"cannot be read ({err.strerror or err})") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    data = _read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -394,12 +399,7 @@ def read_dlib_xml(path: str | os.PathLike[str]) -> list[FaceRecord]:
     import xml.parsers.expat
 
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise _fail(p, None, "no such file") from None
-    except OSError as err:
-        raise _fail(p, None, f"cannot be read ({err.strerror or err})") from None
+    data = _read_bytes(p)
 
     parser = xml.parsers.expat.ParserCreate()
     records: list[FaceRecord] = []

@@ -282,6 +282,11 @@ def _plot_fig3(points: list[dict[str, Any]], extractors: Sequence[str], attacks:
                 ax.set_title(t)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Fig. 3: white-box performance under compression")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    """A finished figure as PNG bytes."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -307,10 +312,7 @@ def _plot_fig4(points: list[dict[str, Any]], extractors: Sequence[str]) -> bytes
                 ax.set_ylabel(name)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Fig. 4: ablation (white-box)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
