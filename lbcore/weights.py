@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "load_state_dict_strict",
     "sha256sum",
     "register_explicit_weights",
+    "choose_weights",
 ]
 
 
@@ -90,6 +91,55 @@ def resolve_weights(entry: WeightsFile, explicit: str | os.PathLike[str] | None 
         f"weights {entry.name!r} ({entry.filename}) not found; {where}; put it in "
         f"$LB_WEIGHTS_DIR or {cache_dir()}, or pass --weights {entry.name}=PATH"
     )
+
+
+def choose_weights(
+    value: str | None,
+    *,
+    owner: str,
+    published: Sequence[WeightsFile],
+    demos: Sequence[WeightsFile],
+    fits: Callable[[WeightsFile], bool],
+    no_fit: str,
+    verify: Callable[[WeightsFile, Path], Path] | None = None,
+) -> Path | None:
+    """The file an extractor's ``weights=`` value stands for (every plugin's rule).
+
+    ``none`` -> ``None`` (random initialisation); the name of one of ``published``/``demos`` ->
+    that file; ``auto`` (or ``None``) -> the first entry that ``fits`` the requested network and
+    is present, published files before the project's demos; anything else -> a path that must
+    exist. ``verify(entry, path)`` checks a found file (e.g. its sha256): a present but wrong
+    file is an error, never a reason to fall back to a demo.
+
+    Raises:
+        WeightsError: one line - where a fitting file is published (or ``no_fit`` when none
+            fits), plus which network a demo model would fit instead.
+    """
+    text = "auto" if value is None else str(value).strip()
+    if text.lower() == "none":
+        return None
+    entries = [*published, *demos]
+    check = verify or (lambda _entry, path: path)
+    known = {e.name: e for e in entries}
+    if text in known:
+        return check(known[text], resolve_weights(known[text]))
+    if text.lower() != "auto":
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found (given as {owner} weights=...)")
+        return path
+    first_error: WeightsError | None = None
+    for entry in entries:
+        if fits(entry):
+            try:
+                found = resolve_weights(entry)
+            except WeightsError as err:
+                first_error = first_error or err
+                continue
+            return check(entry, found)
+    others = [e.fits for e in demos if not fits(e)]
+    hint = f"; a demo model fits {', '.join(others)}" if others else ""
+    raise WeightsError(f"{first_error or no_fit}{hint}")
 
 
 def sha256sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -174,3 +174,36 @@ def test_missing_weights_message():
     assert res.returncode == 3
     msg = res.stderr.strip()
     assert "HR18-WFLW.pth" in msg and "LB_WEIGHTS_DIR" in msg and len(msg.splitlines()) == 1
+
+
+def test_choose_weights_is_every_plugins_rule(tmp_path, monkeypatch):
+    from lbcore.errors import WeightsError
+    from lbcore.weights import WeightsFile, choose_weights
+
+    monkeypatch.setenv("LB_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pub = WeightsFile(name="big", filename="big.pth", fits="net", url="https://example.org/big.pth")
+    demo = WeightsFile(name="small", filename="small.pth", fits="net:width=8")
+    other = WeightsFile(name="tiny", filename="tiny.pth", fits="net:width=4")
+    (tmp_path / "small.pth").write_bytes(b"x")
+    kw = dict(owner="net", published=[pub], demos=[demo, other], no_fit="net: nothing fits")
+    assert choose_weights("none", fits=lambda e: True, **kw) is None
+    # auto: the published file is missing -> the fitting demo that is present
+    assert choose_weights("auto", fits=lambda e: e.name in ("big", "small"), **kw) == tmp_path / "small.pth"
+    assert choose_weights(None, fits=lambda e: e.name == "small", **kw) == tmp_path / "small.pth"
+    assert choose_weights("small", fits=lambda e: False, **kw) == tmp_path / "small.pth"  # by name
+    # nothing present fits: where the fitting file is published, and which network a demo fits
+    with pytest.raises(WeightsError, match=r"'big' \(big.pth\) not found; published at .*a demo model fits net:width=8, "
+                                           r"net:width=4"):
+        choose_weights("auto", fits=lambda e: e.name == "big", **kw)
+    with pytest.raises(WeightsError, match="net: nothing fits; a demo model fits net:width=8, net:width=4"):
+        choose_weights("auto", fits=lambda e: False, **kw)
+    with pytest.raises(WeightsError, match=r"nope\.pth: weights file not found \(given as net weights=\.\.\.\)"):
+        choose_weights(str(tmp_path / "nope.pth"), fits=lambda e: True, **kw)
+    # a present file that fails verification is an error, never a fallback to the demo
+    def refuse(entry, path):
+        raise WeightsError(f"{path}: sha256 mismatch")
+
+    (tmp_path / "big.pth").write_bytes(b"y")
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        choose_weights("auto", fits=lambda e: e.name in ("big", "small"), verify=refuse, **kw)

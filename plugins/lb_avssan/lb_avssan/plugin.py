@@ -22,7 +22,7 @@ from typing import Any
 
 from lb_avssan.checkpoint import ALLOWED_GLOBALS
 from lbcore import hookimpl, parse_spec
-from lbcore.errors import SpecError, WeightsError
+from lbcore.errors import SpecError
 from lbcore.weights import WeightsFile
 
 __all__ = ["avssan", "register_extractors", "PUBLISHED_WEIGHTS", "DEMO_WEIGHTS", "fits"]
@@ -60,32 +60,6 @@ def fits(entry: WeightsFile, width_div: int) -> bool:
     return name == "avssan" and div == width_div
 
 
-def _default_weights(width_div: int) -> str:
-    """Path of the weights used when none is named (published file, else a fitting demo)."""
-    from lbcore.weights import resolve_weights
-
-    published_error: WeightsError | None = None
-    if fits(PUBLISHED_WEIGHTS, width_div):
-        try:
-            return str(resolve_weights(PUBLISHED_WEIGHTS))
-        except WeightsError as err:
-            published_error = err
-    for entry in DEMO_WEIGHTS:
-        if fits(entry, width_div):
-            try:
-                return str(resolve_weights(entry))
-            except WeightsError:
-                continue
-    others = [e.fits for e in DEMO_WEIGHTS if not fits(e, width_div)]
-    hint = f"; a demo model fits {', '.join(others)}" if others else ""
-    if published_error is not None:
-        raise WeightsError(f"{published_error}{hint}")
-    raise WeightsError(
-        f"avssan: no weights for width_div={width_div} (the published {PUBLISHED_WEIGHTS.filename} "
-        f"is full width); pass weights=PATH or weights=none for a random network{hint}"
-    )
-
-
 def avssan(
     weights: str = "auto",
     include_background: bool = False,
@@ -104,17 +78,15 @@ def avssan(
     from lb_avssan.checkpoint import load_avssan_checkpoint
     from lb_avssan.extractor import AVSSANExtractor
     from lb_avssan.model import ITNCPM
-    from lbcore.weights import load_state_dict_strict
+    from lbcore.weights import choose_weights, load_state_dict_strict
 
     if width_div < 1:
         raise SpecError(f"avssan: width_div must be >= 1, got {width_div}")
-    value = "auto" if weights is None else str(weights).strip()
-    if value.lower() == "auto":
-        path: str | None = _default_weights(width_div)
-    elif value.lower() == "none":
-        path = None
-    else:
-        path = value
+    path = choose_weights(
+        weights, owner="avssan", published=[PUBLISHED_WEIGHTS], demos=DEMO_WEIGHTS,
+        fits=lambda e: fits(e, width_div),
+        no_fit=f"avssan: no weights for width_div={width_div} (the published {PUBLISHED_WEIGHTS.filename} "
+               f"is full width); pass weights=PATH or weights=none for a random network")
     net = ITNCPM(width_div=width_div)
     config = None
     if path is not None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from lbcore import hookimpl, parse_spec
 from lbcore.errors import SpecError, WeightsError
-from lbcore.weights import WeightsFile, resolve_weights, sha256sum
+from lbcore.weights import WeightsFile, choose_weights, sha256sum
 
 __all__ = ["WEIGHTS", "DEMO_WEIGHTS", "NO_WFLW_NOTE", "fan", "resolve_fan_weights", "register_extractors"]
 
@@ -118,10 +118,6 @@ def _verify(entry: WeightsFile, path: Path) -> Path:
     return path
 
 
-def _resolve_entry(entry: WeightsFile) -> Path:
-    return _verify(entry, resolve_weights(entry))
-
-
 def resolve_fan_weights(
     weights: str | None, modules: int, landmarks: int, width: int, resolution: int = 256
 ) -> Path | None:
@@ -131,41 +127,12 @@ def resolve_fan_weights(
         WeightsError: a named/auto file is missing (one line: where it is published) or fails
             its sha256 check, or an explicit path does not exist.
     """
-    value = "auto" if weights is None else str(weights).strip()
-    if value.lower() == "none":
-        return None
-    known = {e.name: e for e in [*WEIGHTS, *DEMO_WEIGHTS]}
-    if value in known:
-        return _resolve_entry(known[value])
-    if value.lower() != "auto":
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"{path}: weights file not found (given as fan weights=...)")
-        return path
-
     arch = {"modules": modules, "landmarks": landmarks, "width": width, "resolution": resolution}
-    first_error: WeightsError | None = None
-    for entry in WEIGHTS:
-        if _fits(entry, arch):
-            try:
-                path = resolve_weights(entry)
-            except WeightsError as err:
-                first_error = first_error or err
-                continue
-            return _verify(entry, path)  # a present but wrong file is an error, not a fallback
-    for entry in DEMO_WEIGHTS:
-        if _fits(entry, arch):
-            try:
-                return _resolve_entry(entry)
-            except WeightsError as err:
-                first_error = first_error or err
-    if first_error is not None:
-        raise first_error
-    raise WeightsError(
-        f"no weights for fan:modules={modules},landmarks={landmarks},width={width},resolution={resolution}: no FAN of this "
-        f"layout was published (no WFLW FAN exists; the published one is fan:modules=4,landmarks=68); "
-        f"pass weights=PATH, or weights=none for a randomly initialised network"
-    )
+    return choose_weights(
+        weights, owner="fan", published=WEIGHTS, demos=DEMO_WEIGHTS, fits=lambda e: _fits(e, arch), verify=_verify,
+        no_fit=f"no weights for fan:modules={modules},landmarks={landmarks},width={width},resolution={resolution}: "
+               f"no FAN of this layout was published (no WFLW FAN exists; the published one is "
+               f"fan:modules=4,landmarks=68); pass weights=PATH, or weights=none for a randomly initialised network")
 
 
 def fan(

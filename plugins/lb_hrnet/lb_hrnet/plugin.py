@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lbcore import hookimpl, parse_spec
-from lbcore.errors import SpecError, WeightsError
+from lbcore.errors import SpecError
 from lbcore.weights import WeightsFile
 
 __all__ = ["hrnet", "register_extractors", "PUBLISHED_WEIGHTS", "DEMO_WEIGHTS", "fits"]
@@ -58,33 +58,6 @@ def fits(entry: WeightsFile, width: int, landmarks: int) -> bool:
     return name == "hrnet" and arch == {"width": width, "landmarks": landmarks}
 
 
-def _default_weights(width: int, landmarks: int) -> str:
-    """Path of the weights used when none is named (published file, else a fitting demo)."""
-    from lbcore.weights import resolve_weights
-
-    published_error: WeightsError | None = None
-    if fits(PUBLISHED_WEIGHTS, width, landmarks):
-        try:
-            return str(resolve_weights(PUBLISHED_WEIGHTS))
-        except WeightsError as err:
-            published_error = err
-    for entry in DEMO_WEIGHTS:
-        if fits(entry, width, landmarks):
-            try:
-                return str(resolve_weights(entry))
-            except WeightsError:
-                continue
-    others = [e.fits for e in DEMO_WEIGHTS if not fits(e, width, landmarks)]
-    hint = f"; a demo model fits {', '.join(others)}" if others else ""
-    if published_error is not None:
-        raise WeightsError(f"{published_error}{hint}")
-    raise WeightsError(
-        f"hrnet: no weights for width={width}, landmarks={landmarks} (the published "
-        f"{PUBLISHED_WEIGHTS.filename} fits width=18, landmarks=98); pass weights=PATH or "
-        f"weights=none for a random network{hint}"
-    )
-
-
 def hrnet(landmarks: int = 98, weights: str = "auto", width: int = 18, truncate: bool = False) -> Any:
     """HRNetV2-W18 heat-map extractor (WFLW, 98 points), the original crop and decoding.
 
@@ -97,14 +70,19 @@ def hrnet(landmarks: int = 98, weights: str = "auto", width: int = 18, truncate:
     """
     from lb_hrnet.extractor import HRNetExtractor
     from lb_hrnet.model import HighResolutionNet
-    from lbcore.weights import extract_state_dict, load_checkpoint, load_state_dict_strict
+    from lbcore.weights import (
+        choose_weights,
+        extract_state_dict,
+        load_checkpoint,
+        load_state_dict_strict,
+    )
 
-    if weights is None or str(weights).strip().lower() == "auto":
-        path: str | None = _default_weights(width, landmarks)
-    elif str(weights).strip().lower() == "none":
-        path = None
-    else:
-        path = str(weights)
+    path = choose_weights(
+        weights, owner="hrnet", published=[PUBLISHED_WEIGHTS], demos=DEMO_WEIGHTS,
+        fits=lambda e: fits(e, width, landmarks),
+        no_fit=f"hrnet: no weights for width={width}, landmarks={landmarks} (the published "
+               f"{PUBLISHED_WEIGHTS.filename} fits width=18, landmarks=98); pass weights=PATH or "
+               f"weights=none for a random network")
     network = HighResolutionNet(width=width, landmarks=landmarks)
     if path is not None:
         state = extract_state_dict(load_checkpoint(path), path)
