@@ -35,16 +35,16 @@ def fresh_pm():
 def trained_fan(shared: Path, tmp_path_factory: pytest.TempPathFactory):
     """A small FAN (68 points, width 32, 128 px) trained once per session on ../shared's faces.
 
-    Trained with :func:`lbcore.training.train` on the dlib_faces XML faces (dlib pseudo labels)
+    Trained with :func:`lbcore.apps.training.train` on the dlib_faces XML faces (dlib pseudo labels)
     and the four faces68 photos; starts from the embedded demonstration weights when they are
     installed (``weights=auto``); skips without them. ``LB_TRAIN_TEST_STEPS`` sets the number of
     optimiser steps (default 60). Returns ``(extractor, samples, checkpoint_path)``.
     """
     torch = pytest.importorskip("torch")
-    from lbcore.data import load_annotations
+    from lbcore.apps.training import PAPER_RECIPES, Augment, prepare_samples, train
     from lbcore.errors import WeightsError
+    from lbcore.io.annotations import load_annotations
     from lbcore.plugins import get_plugin_manager
-    from lbcore.training import PAPER_RECIPES, Augment, prepare_samples, train
 
     pm = get_plugin_manager()
     if "fan" not in pm.components("extractors"):

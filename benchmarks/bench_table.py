@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks (--run)")
     ap.add_argument("--save", help="write the run's JSON here (--run)")
     args = ap.parse_args()
-    from lbcore.bench import BenchOptions, format_table, run_bench, speedup_table_markdown
+    from lbcore.apps.bench import BenchOptions, format_table, run_bench, speedup_table_markdown
 
     results = [json.loads(Path(f).read_text()) for f in args.files]
     if args.run:

@@ -35,8 +35,8 @@ def main() -> None:
                     help="also run with decode/attack/encode one after another (overlap=False)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary input and output")
     args = ap.parse_args()
+    from lbcore.apps.protection import protect
     from lbcore.io import VideoWriter
-    from lbcore.protection import protect
 
     w, h = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="lb-video-e2e-"))

@@ -33,10 +33,11 @@ _LAZY = {
     "Chain": "lbcore.degradation",
     "Detector": "lbcore.detectors",
     # engine
-    "AttackConfig": "lbcore.engine",
+    "AttackConfig": "lbcore.attacks",
+    "recipe": "lbcore.attacks",
     "AttackResult": "lbcore.engine",
-    "PRESETS": "lbcore.engine",
-    "preset": "lbcore.engine",
+    "PRESETS": "lbcore.engine",  # deprecated: lb list attacks / lbcore.attacks
+    "preset": "lbcore.attacks",
     "attack": "lbcore.engine",
     "resolve_device": "lbcore.engine",
     "heatmap_cosine_loss": "lbcore.losses",
@@ -45,8 +46,8 @@ _LAZY = {
     "get_plugin_manager": "lbcore.plugins",
     "parse_spec": "lbcore.spec",
     # end-user path
-    "protect": "lbcore.protection",
-    "ProtectOptions": "lbcore.protection",
+    "protect": "lbcore.apps.protection",
+    "ProtectOptions": "lbcore.apps.protection",
     # weights
     "WeightsFile": "lbcore.weights",
     "resolve_weights": "lbcore.weights",

@@ -17,73 +17,29 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from lbcore.attacks import AttackConfig, preset
 from lbcore.errors import SpecError
 from lbcore.extractor import Extractor
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
-__all__ = ["AttackConfig", "AttackResult", "Performance", "PRESETS", "preset", "attack", "performance_for", "resolve_amp", "resolve_device"]
+__all__ = ["AttackConfig", "AttackResult", "Performance", "preset", "attack", "performance_for", "resolve_amp", "resolve_device"]
 
 
-@attrs.define
-class AttackConfig:
-    """Everything that defines an attack run (paper settings by default).
+def __getattr__(name: str) -> Any:
+    # Deprecated: the attacks are components now (lbcore.attacks, `lb list attacks`).
+    if name in ("PRESETS", "PRESET_SUMMARIES"):
+        import warnings
 
-    Attributes:
-        loss: loss spec (``heatmap-cosine`` is Eq. 1).
-        optimizer: update-rule spec (``mifgsm:alpha=1,decay=0.5`` is Eq. 2).
-        eps: L-infinity budget on the 0..255 scale.
-        steps: maximum iterations T.
-        projection: ``ball`` projects onto the epsilon-ball each step; ``stop`` is the paper's
-            literal rule of Algorithm 1 (stop an image when the next step would leave the ball).
-        diversity_prob: LBtrans - probability of a random resize + zero pad at each step.
-        diversity_min_scale: smallest resize factor for LBtrans.
-        mix: LBmix - alternate I-FGSM (odd steps) and the update rule (even steps).
-        eot: degradation specs applied (differentiably) before the extractors, one drawn per step.
-        eot_samples: gradient samples averaged per step when ``eot`` is set.
-        random_start: uniform noise in ``[-r, r]`` added at the start (PGD-style); needed by
-            distance losses such as ``landmark-displacement``, whose gradient is zero at the
-            clean image. The paper starts from the clean image (0).
-        seed: seeds every random draw of the run.
-    """
+        from lbcore.plugins import get_plugin_manager
 
-    loss: str = "heatmap-cosine"
-    optimizer: str = "mifgsm:alpha=1,decay=0.5"
-    eps: float = 15.0
-    steps: int = 20
-    projection: str = "ball"
-    diversity_prob: float = 0.0
-    diversity_min_scale: float = 0.85
-    mix: bool = False
-    eot: tuple[str, ...] = ()
-    eot_samples: int = 1
-    random_start: float = 0.0
-    seed: int = 0
-
-    def describe(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-# Eq. 1's gradient is exactly zero at I_adv = I (each cosine similarity is at its maximum), so
-# the literal Algorithm 1 takes its first step on floating-point round-off: the result then
-# depends on thread count and hardware. The presets start instead from a seeded uniform
-# perturbation of at most one step (random_start=1), which keeps runs reproducible under
-# --seed and measured the same attack strength (mean NME 0.604 vs 0.613 on five faces with
-# fan-demo); random_start=0 restores the literal algorithm.
-PRESETS: dict[str, dict[str, Any]] = {
-    "base1": {"optimizer": "fgsm", "steps": 1, "random_start": 1.0},
-    "base2": {"optimizer": "ifgsm:alpha=1", "random_start": 1.0},
-    "lb": {"optimizer": "mifgsm:alpha=1,decay=0.5", "random_start": 1.0},
-    "lbtrans": {"optimizer": "mifgsm:alpha=1,decay=0.5", "diversity_prob": 1.0, "random_start": 1.0},
-    "lbmix": {"optimizer": "mifgsm:alpha=1,decay=0.5", "mix": True, "random_start": 1.0},
-}
-PRESET_SUMMARIES = {
-    "base1": "Base1: FGSM, one step of size epsilon",
-    "base2": "Base2: I-FGSM, T=20 steps of alpha=1",
-    "lb": "Landmark Breaker: MI-FGSM on Eq. 1 (eps=15, T=20, alpha=1, decay=0.5)",
-    "lbtrans": "LB with random resize and zero padding each step (transfer)",
-    "lbmix": "LB alternating I-FGSM and MI-FGSM steps (transfer)",
-}
+        warnings.warn(f"lbcore.engine.{name} is deprecated: attacks are registered components "
+                      "(lbcore.attacks.preset, `lb list attacks`)", DeprecationWarning, stacklevel=2)
+        comps = get_plugin_manager().components("attacks", sort=False)
+        if name == "PRESETS":
+            return {n: dict(getattr(c.factory, "fields", {})) for n, c in comps.items()}
+        return {n: c.summary for n, c in comps.items()}
+    raise AttributeError(f"module 'lbcore.engine' has no attribute {name!r}")
 
 
 @attrs.define(frozen=True)
@@ -170,14 +126,6 @@ def _float_output(out: Any) -> Any:
     if out.landmarks is not None and out.landmarks.dtype != torch.float32:
         out.landmarks = out.landmarks.float()
     return out
-
-
-def preset(name: str, **overrides: Any) -> AttackConfig:
-    """An :class:`AttackConfig` from a preset name, with overrides (``eps``, ``steps``, ...)."""
-    if name not in PRESETS:
-        raise SpecError(f"unknown attack preset {name!r} (valid: {', '.join(PRESETS)})")
-    fields = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return AttackConfig(**fields)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -55,5 +55,11 @@ def register_detectors(register: Register) -> None:
 
 
 @hookspec
+def register_attacks(register: Register) -> None:
+    """Register attacks: named recipes (factories returning :class:`lbcore.AttackConfig`; build
+    them with :func:`lbcore.attacks.recipe`). A compatible addition: plugins written before it are unaffected."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands to the ``lb`` group (``cli`` is the :class:`click.Group`)."""

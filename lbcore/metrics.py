@@ -31,6 +31,7 @@ tensors are recognised by their ``detach`` method.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ __all__ = [
     "psnr",
     "face_mask",
     "hull_mask",
+    "region_mask_ssim",
 ]
 
 FAILURE_THRESHOLDS: tuple[float, float] = (0.08, 0.10)
@@ -424,3 +426,67 @@ def psnr(a: Any, b: Any, mask: Any = None, data_range: float = DATA_RANGE) -> fl
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(data_range**2 / mse))
+
+
+# SSIM on large images is costly (a 1920x1080 frame takes seconds per call); the face-region
+# SSIMs below compute the SSIM map on a crop around the face and give exactly the full-image
+# value (tests/test_evaluation.py checks the equality against lbcore.metrics / synthesis).
+
+
+def ssim_window_margin() -> int:
+    # Two window radii plus one: every pixel that a window reaching outside the crop (or its
+    # mirror image at the crop's edge) could see is zero in both masked images.
+    return 2 * SSIM_RADIUS + 1
+
+
+def clip_region(shape: Sequence[int], x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
+    h, w = int(shape[0]), int(shape[1])
+    return (max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0),
+            min(int(math.ceil(x1)) + 1, w), min(int(math.ceil(y1)) + 1, h))
+
+
+def interior_count(h: int, w: int) -> int:
+    return max(h - 2 * SSIM_RADIUS, 0) * max(w - 2 * SSIM_RADIUS, 0)
+
+
+def box_region(shape: Sequence[int], box: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    return clip_region(shape, box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
+
+
+def uncrop_masked_ssim(value: float, crop_hw: tuple[int, int], full_hw: tuple[int, int]) -> float:
+    """The whole-image masked SSIM from the same SSIM taken on a crop that holds the mask with
+    :func:`ssim_window_margin` to spare: outside the mask's neighbourhood both masked images are
+    zero and the SSIM map is exactly 1, so only the count of interior pixels differs."""
+    n_crop, n_full = interior_count(*crop_hw), interior_count(*full_hw)
+    if n_full == 0 or n_crop == 0:
+        return float("nan")
+    return 1.0 - (1.0 - value) * n_crop / n_full
+
+
+def region_mask_ssim(original: np.ndarray, other: np.ndarray, box: np.ndarray,
+                     variant: Literal["masked-image", "mask-mean"] = "masked-image") -> float:
+    """:func:`lbcore.metrics.mask_ssim` with a ``(4,)`` box, computed on a crop (exact).
+
+    Args:
+        original, other: ``(H, W, 3)`` images.
+        box: ``(4,)`` x1, y1, x2, y2.
+        variant: as :func:`lbcore.metrics.mask_ssim`.
+    """
+    x0, y0, x1, y1 = box_region(original.shape, box, ssim_window_margin())
+    if min(x1 - x0, y1 - y0) < 2 * ssim_window_margin():
+        return float(mask_ssim(original, other, box, variant=variant))
+    shifted = np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0]
+    a, b = original[y0:y1, x0:x1], other[y0:y1, x0:x1]
+    if variant == "mask-mean":
+        # Box pixels see only crop pixels; but the full image's border pixels are left out of
+        # every mean, so the crop may only drop those where it shares the image's border.
+        h, w = original.shape[:2]
+        sel = face_mask(a.shape, shifted)
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        r = SSIM_RADIUS
+        sel &= (ys >= r) & (ys < h - r) & (xs >= r) & (xs < w - r)
+        if not sel.any():
+            return float(mask_ssim(original, other, box, variant=variant))
+        return float(ssim_map(a, b)[sel].mean())
+    value = float(mask_ssim(a, b, shifted, variant="masked-image"))
+    return uncrop_masked_ssim(value, (y1 - y0, x1 - x0), original.shape[:2])

@@ -23,7 +23,7 @@ from lbcore import hookspecs
 from lbcore.errors import PluginLoadError, RegistryError, SpecError
 from lbcore.spec import bind_params, describe_params, parse_spec
 
-KINDS = ("extractors", "losses", "optimizers", "degradations", "detectors")
+KINDS = ("extractors", "losses", "optimizers", "degradations", "detectors", "attacks")
 ENTRY_POINT_GROUP = "lbcore"
 
 
@@ -190,11 +190,12 @@ class PluginManager:
             self.registry[comp.kind][comp.name] = comp
             dist.components[comp.kind].append(comp.name)
 
-    def components(self, kind: str) -> dict[str, Component]:
+    def components(self, kind: str, *, sort: bool = True) -> dict[str, Component]:
+        """The registered components of ``kind``, by name (``sort=False``: registration order)."""
         if kind not in KINDS:
             raise SpecError(f"unknown component kind {kind!r} (valid: {', '.join(KINDS)})")
         self._ensure()
-        return dict(sorted(self.registry[kind].items()))
+        return dict(sorted(self.registry[kind].items())) if sort else dict(self.registry[kind])
 
     def get(self, kind: str, name: str) -> Component:
         comps = self.components(kind)

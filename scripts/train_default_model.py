@@ -12,7 +12,7 @@ an offline machine, so the project ships a *small demonstration model* it trains
   held-out test.
 * **Labels** - pseudo labels from dlib's 68-point shape predictor (``pip install
   'lbcore[teacher]'``) on dlib's HOG detections (LFW crops: the crop's own frame).
-* **Training** - :func:`lbcore.training.train` (the machinery of ``lb train``): FAN with one
+* **Training** - :func:`lbcore.apps.training.train` (the machinery of ``lb train``): FAN with one
   hourglass, width 32, 68 points, 128 px crops, Adam, heavy augmentation, fixed seed.
 * **Output** - a float16 plain state dict (the 2D-FAN release layout) and a JSON sidecar with
   the recipe and the measured NME on the training faces and on faces68.
@@ -92,7 +92,7 @@ def packaged_faces(cache: Path) -> list[tuple[str, np.ndarray, list[list[float]]
 
 def faces68(shared: Path) -> list[object]:
     """The held-out human-annotated faces (``.pts``), boxes from the landmarks."""
-    from lbcore.data import load_annotations
+    from lbcore.io.annotations import load_annotations
 
     return list(load_annotations(shared / "data" / "faces68", "pts"))
 
@@ -108,8 +108,7 @@ def main() -> None:
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     args = ap.parse_args()
 
-    from lbcore.plugins import get_plugin_manager
-    from lbcore.training import (
+    from lbcore.apps.training import (
         PAPER_RECIPES,
         Augment,
         dlib_teacher,
@@ -119,6 +118,7 @@ def main() -> None:
         pseudo_label,
         train,
     )
+    from lbcore.plugins import get_plugin_manager
 
     torch.manual_seed(args.seed)
     label = dlib_teacher()

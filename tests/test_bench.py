@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from lbcore import extractor as extractor_mod
-from lbcore.bench import (
+from lbcore.apps.bench import (
     BenchOptions,
     _check_targets,
     baseline_attack,

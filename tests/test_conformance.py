@@ -319,6 +319,11 @@ def register_detectors(register):
 
 
 @hookspec
+def register_attacks(register):
+    """Unchanged."""
+
+
+@hookspec
 def register_commands(cli):
     """Unchanged."""
 '''

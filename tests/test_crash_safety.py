@@ -232,7 +232,7 @@ EVAL_CRASH_POINTS = 3
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
     """Four annotated 128x128 'faces' (iBUG .pts files give the face boxes)."""
-    pytest.importorskip("lbcore.evaluation")
+    pytest.importorskip("lbcore.apps.evaluation")
     src = tmp_path_factory.mktemp("evaluate") / "data"
     src.mkdir()
     rng = np.random.default_rng(0)

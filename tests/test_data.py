@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbcore.data import (
+from lbcore.errors import InputError
+from lbcore.io.annotations import (
     FaceRecord,
     box_from_landmarks,
     load_annotations,
@@ -21,7 +22,6 @@ from lbcore.data import (
     write_pts,
     write_wflw_list,
 )
-from lbcore.errors import InputError
 from lbcore.schemes import IBUG68, WFLW98
 
 # --------------------------------------------------------------------------- real data
@@ -253,7 +253,7 @@ def test_box_from_landmarks():
 
 
 def test_data_module_does_not_import_torch():
-    code = "import sys, lbcore.data; print('torch' in sys.modules)"
+    code = "import sys, lbcore.io.annotations; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

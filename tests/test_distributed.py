@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbcore.distributed import (
+from lbcore.apps.distributed import (
     PARTS_DIR,
     WorkerInfo,
     merge_reports,
@@ -54,7 +54,7 @@ def test_worker_info_from_torchrun_environment():
 
 
 def test_merge_keeps_input_order_and_recomputes_the_summary():
-    from lbcore.protection import ProtectOptions
+    from lbcore.apps.protection import ProtectOptions
 
     def face(nme):
         return {"extractors": {"e": {"nme": nme, "broken": nme > 0.1, "attacked": True}}, "ssim": 0.99}
@@ -92,8 +92,8 @@ def fixed_fan(tmp_path_factory):
 
 
 def test_single_process_is_plain_protect(tmp_path, fixed_fan):
-    from lbcore.distributed import protect_distributed
-    from lbcore.protection import ProtectOptions
+    from lbcore.apps.distributed import protect_distributed
+    from lbcore.apps.protection import ProtectOptions
 
     src = _images(tmp_path / "in", 2)
     opts = ProtectOptions(extractors=(fixed_fan,), steps=1, boxes=((10.0, 10.0, 60.0, 60.0),),
@@ -282,7 +282,7 @@ def small_clip(tmp_path_factory, shared):
 
 
 def _clip_options(spec: str):
-    from lbcore.protection import ProtectOptions
+    from lbcore.apps.protection import ProtectOptions
 
     # the settings `lb distributed protect ... --steps 2 --box 10,10,60,60 --batch-size 2` gives
     return ProtectOptions(extractors=(spec,), steps=2, boxes=((10.0, 10.0, 60.0, 60.0),), check_compression=False,
@@ -294,8 +294,8 @@ def cold_reference(small_clip, tmp_path_factory):
     """One process, same settings, the warm start left out: (frames, times) of its output."""
     import torch
 
+    from lbcore.apps.protection import _Run
     from lbcore.io import iter_inputs, iter_video_frames_timed
-    from lbcore.protection import _Run
 
     clip, spec = small_clip
     out = tmp_path_factory.mktemp("cold")
@@ -347,7 +347,7 @@ def test_long_video_split_into_frame_ranges_over_two_workers(small_clip, cold_re
     """8 frames, --segment-frames 2 --batch-size 2: 4 ranges, 2 per worker, merged by rank 0 into
     one output with the frames, times and audio of one process's (each range one batch: no warm
     start anywhere, so the output equals the cold single-process run's pixel for pixel)."""
-    from lbcore.protection import protect
+    from lbcore.apps.protection import protect
 
     clip, spec = small_clip
     out = tmp_path / "out"
@@ -390,9 +390,9 @@ def test_worker_lost_mid_video_rerun_redoes_only_its_ranges(small_clip, cold_ref
 def test_missing_frame_range_at_merge_is_one_error_line(small_clip, tmp_path):
     """Rank 0's merge with segments missing (one failed, the others never written): an error
     record naming the video and the frame ranges, no output, no crash."""
-    from lbcore.distributed import _merge_videos, plan_units
+    from lbcore.apps.distributed import _merge_videos, plan_units
+    from lbcore.apps.protection import _Run
     from lbcore.io import display_path, iter_inputs
-    from lbcore.protection import _Run
 
     clip, spec = small_clip
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""Tests for ``lb evaluate`` (lbcore.evaluation, lbcore.report, lbcore.commands.evaluate_cmd)."""
+"""Tests for ``lb evaluate`` (lbcore.apps.evaluation, lbcore.apps.report, lbcore.commands.evaluate_cmd)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _one_thread():
 
 
 def test_extractor_specs_split_on_semicolons_and_labels():
-    from lbcore.evaluation import parse_extractor_specs
+    from lbcore.apps.evaluation import parse_extractor_specs
 
     got = parse_extractor_specs(["fan=fan:width=64,weights=x.pth;hrnet", "fan:landmarks=68", "hrnet:weights=none"])
     assert got == {"fan": "fan:width=64,weights=x.pth", "hrnet": "hrnet", "fan-2": "fan:landmarks=68",
@@ -43,7 +43,7 @@ def test_extractor_specs_split_on_semicolons_and_labels():
 
 
 def test_ablation_ranges_include_the_stop():
-    from lbcore.evaluation import parse_ablation
+    from lbcore.apps.evaluation import parse_ablation
 
     assert parse_ablation("alpha=0.5:1.5:0.25") == ("alpha", [0.5, 0.75, 1.0, 1.25, 1.5])
     assert parse_ablation("steps=14:28:2") == ("steps", [float(v) for v in range(14, 29, 2)])
@@ -55,7 +55,7 @@ def test_ablation_ranges_include_the_stop():
 
 
 def test_attack_config_applies_ablation_values():
-    from lbcore.evaluation import EvaluateOptions, attack_config
+    from lbcore.apps.evaluation import EvaluateOptions, attack_config
 
     o = EvaluateOptions(extractors=("tiny",), eps=10.0, seed=3)
     cfg = attack_config("lb", o, ("alpha", 0.75))
@@ -74,7 +74,7 @@ def test_degradation_list_keeps_spec_parameters_together():
 
 
 def test_units_cover_every_source_once():
-    from lbcore.evaluation import EvaluateOptions, Unit, plan_units
+    from lbcore.apps.evaluation import EvaluateOptions, Unit, plan_units
 
     o = EvaluateOptions(extractors=("a=tiny;b=tiny",), attacks=("none", "lb", "base1"), ablate=("steps=2:4:2",))
     units = plan_units(o, ["a", "b"])
@@ -90,8 +90,8 @@ def test_units_cover_every_source_once():
 
 
 def _takeo(shared: Path):
-    from lbcore.data import load_annotations
     from lbcore.io import read_image
+    from lbcore.io.annotations import load_annotations
 
     rec = load_annotations(shared / "data" / "faces68" / "takeo.pts")[0]
     return read_image(rec.image_path).rgb, rec
@@ -99,8 +99,7 @@ def _takeo(shared: Path):
 
 @pytest.mark.parametrize("variant", ["masked-image", "mask-mean"])
 def test_region_mask_ssim_equals_the_full_image_metric(variant):
-    from lbcore.evaluation import region_mask_ssim
-    from lbcore.metrics import mask_ssim
+    from lbcore.metrics import mask_ssim, region_mask_ssim
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (120, 160, 3)).astype(np.uint8)
@@ -113,8 +112,8 @@ def test_region_mask_ssim_equals_the_full_image_metric(variant):
 
 
 def test_fast_ssim_w_equals_synthesis_ssim_w(shared):
-    from lbcore.evaluation import fast_ssim_w
-    from lbcore.synthesis import ssim_w, train_autoencoder
+    from lbcore.apps.evaluation import fast_ssim_w
+    from lbcore.apps.synthesis import ssim_w, train_autoencoder
 
     img, rec = _takeo(shared)
     # a larger frame around the face so the crop is a real crop
@@ -228,7 +227,7 @@ def test_evaluate_command_builds_the_papers_tables(shared, models, tmp_path, mon
 
 def test_interrupted_run_resumes_and_is_deterministic(shared, tiny_plugin, fresh_pm, tmp_path, monkeypatch):
     from lbcore import evaluation
-    from lbcore.evaluation import EvaluateOptions, evaluate
+    from lbcore.apps.evaluation import EvaluateOptions, evaluate
 
     data = [shared / "data" / "faces68" / "takeo.pts"]
     opts = EvaluateOptions(extractors=("tiny:points=68",), attacks=("none", "lb", "base2"), degradations=("none",),
@@ -264,7 +263,7 @@ def test_interrupted_run_resumes_and_is_deterministic(shared, tiny_plugin, fresh
 
 
 def test_video_key_frames_with_a_detector(shared, tiny_plugin, fresh_pm, tmp_path):
-    from lbcore.evaluation import EvaluateOptions, evaluate
+    from lbcore.apps.evaluation import EvaluateOptions, evaluate
 
     video = shared / "data" / "video" / "short_hamilton_clip.mp4"
     res = evaluate([video], tmp_path, EvaluateOptions(
@@ -279,7 +278,7 @@ def test_video_key_frames_with_a_detector(shared, tiny_plugin, fresh_pm, tmp_pat
 
 
 def test_every_kth_frame(shared, tmp_path):
-    from lbcore.evaluation import EvaluateOptions, _video_images
+    from lbcore.apps.evaluation import EvaluateOptions, _video_images
 
     video = shared / "data" / "video" / "short_hamilton_clip.mp4"
     frames = [img.name for _, img in zip(range(3), _video_images(video, EvaluateOptions(every=100)), strict=False)]
@@ -287,7 +286,7 @@ def test_every_kth_frame(shared, tmp_path):
 
 
 def test_report_without_matplotlib_writes_csv(tmp_path, monkeypatch):
-    from lbcore.report import write_report
+    from lbcore.apps.report import write_report
 
     rows = []
     for a, s in (("none", None), ("lb", "x")):

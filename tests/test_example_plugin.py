@@ -64,8 +64,8 @@ def _plugins(python: Path, env: dict[str, str], work: Path) -> dict[str, dict]:
 
 def _write_face(folder: Path) -> Path:
     """A smooth test image and a 68-point .pts annotation (the schematic face in the box)."""
-    from lbcore.data import write_pts
     from lbcore.io import write_image_atomic
+    from lbcore.io.annotations import write_pts
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -124,17 +124,37 @@ def test_install_use_and_uninstall_the_example_plugin(fresh_env):
         assert res["loss"] < res["clean_loss"]  # the attack lowered its loss
         assert (out_dir / "face.png").is_file()
 
+    # the plugin's own attack, by name, in lb list, lb attack and lb protect
+    attacks = json.loads(_run([str(python), "-m", "lbcore", "list", "attacks", "--json"], env, work).stdout)
+    assert [r["name"] for r in attacks][:5] == ["base1", "base2", "lb", "lbtrans", "lbmix"]
+    row = next(r for r in attacks if r["name"] == "example-displacement")
+    assert row["distribution"] == "lb-example-regressor" and row["settings"]["loss"] == "example-nme"
+    assert example["components"]["attacks"] == ["example-displacement"]
+    out = _run([str(python), "-m", "lbcore", "attack", str(face), "-o", str(work / "own-attack"), "--box", box,
+                "--extractor", "example-regressor", "--attack", "example-displacement:steps=3", "--device", "cpu",
+                "--json"], env, work).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["steps"] == 3 and 0 < res["linf"] <= 15 and res["loss"] < res["clean_loss"]
+    prot = work / "own-protect"
+    _run([str(python), "-m", "lbcore", "protect", str(face), "-o", str(prot), "--box", box,
+          "--extractor", "example-regressor", "--attack", "example-displacement", "--steps", "2",
+          "--no-compression-check", "--device", "cpu"], env, work, timeout=180)
+    rep = json.loads((prot / "report.json").read_text())
+    assert rep["settings"]["attack"] == "example-displacement" and (prot / "face.png").is_file()
+
     # lb evaluate by name (the annotation gives the face and its ground truth)
     proc = subprocess.run([str(python), "-m", "lbcore", "evaluate", "--help"], env=env, cwd=work,
                           capture_output=True, text=True, timeout=60)
     if proc.returncode == 0:
         ev = work / "eval"
         out = _run([str(python), "-m", "lbcore", "evaluate", str(work / "data"), "-o", str(ev),
-                    "--extractors", "example-regressor", "--attacks", "none,lb", "--degradations", "none",
+                    "--extractors", "example-regressor", "--attacks", "none,lb,example-displacement",
+                    "--degradations", "none",
                     "--steps", "2", "--synth", "none", "--device", "cpu", "--json"], env, work, timeout=180).stdout
         results = json.loads(out[out.index("{"):])
         targets = {r.get("target") for r in results["rows"]}
         assert "example-regressor" in targets, results["rows"][:2]
+        assert "example-displacement" in {r.get("attack") for r in results["rows"]}, results["rows"][:2]
         assert (ev / "results.json").is_file()
 
     # the plugin's own test suite, using lbcore.testing, against the installed entry point

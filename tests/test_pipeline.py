@@ -1,4 +1,4 @@
-"""The overlap of decode / attack / encode (lbcore.pipeline): order, bounded read-ahead, errors
+"""The overlap of decode / attack / encode (lbcore.apps.pipeline): order, bounded read-ahead, errors
 surfacing in the caller, early exit, and staging frames for the device."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lbcore.pipeline import BackgroundWriter, prefetch, stage_frames
+from lbcore.apps.pipeline import BackgroundWriter, prefetch, stage_frames
 
 
 def test_prefetch_keeps_order_and_runs_in_another_thread():

@@ -72,6 +72,8 @@ def register_degradations(register): register("d1", f)
 @hookimpl
 def register_detectors(register): register("t1", f)
 @hookimpl
+def register_attacks(register): register("a1", f)
+@hookimpl
 def register_commands(cli):
     import click
     @cli.command("hello-test")
@@ -80,7 +82,7 @@ def register_commands(cli):
 '''
     install_dist(tiny_plugin, "lb-test-all", "all", "lb_test_all", src)
     pm = PluginManager()
-    for kind, name in zip(KINDS, ["e1", "l1", "o1", "d1", "t1"], strict=True):
+    for kind, name in zip(KINDS, ["e1", "l1", "o1", "d1", "t1", "a1"], strict=True):
         assert name in _names(pm, kind)
         assert pm.build(kind, f"{name}:x=7") == 7
     import click

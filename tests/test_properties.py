@@ -72,7 +72,7 @@ VALID = {"pts": (".pts", VALID_PTS), "wflw": (".txt", VALID_WFLW), "dlib-xml": (
 
 
 def _read(fmt: str, text: str | bytes):
-    from lbcore.data import load_annotations
+    from lbcore.io.annotations import load_annotations
 
     suffix, _ = VALID[fmt]
     with tempfile.TemporaryDirectory() as d:

@@ -203,8 +203,8 @@ def test_video_keeps_frames_fps_audio(clip, tmp_path):
 def test_overlapped_video_pipeline_gives_the_same_frames_as_one_step_after_another(clip, tmp_path):
     """Decoding/detection in a background thread and encoding in another change when work
     happens, never what is computed: both runs write identical frames and records."""
+    from lbcore.apps.protection import protect
     from lbcore.io import iter_video_frames
-    from lbcore.protection import protect
 
     reports = {}
     for overlap in (True, False):
@@ -246,7 +246,7 @@ def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, 
     import torch
 
     import lbcore
-    from lbcore.protection import UNDEFINED_NME, _Run
+    from lbcore.apps.protection import UNDEFINED_NME, _Run
 
     real = _Run.predict_all
 
@@ -264,8 +264,8 @@ def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, 
     assert vid["status"] == "protected" and vid["frames"] == 6 and (tmp_path / "o" / "clip.mkv").is_file()
     assert vid["extractors"] == {}  # nothing measurable
     assert report["summary"]["faces"] == 1 and report["summary"]["faces_broken_all_attacked"] == 0
+    from lbcore.apps.web.words import describe_record
     from lbcore.commands.protect_cmd import _table
-    from lbcore.web.words import describe_record
 
     lines = _table({**report, "settings": {**report["settings"], "threshold": 0.1}})
     assert any("NME undefined" in line for line in lines)
@@ -273,7 +273,7 @@ def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, 
 
 
 def test_interpolate_boxes_between_detections():
-    from lbcore.protection import interpolate_boxes
+    from lbcore.apps.protection import interpolate_boxes
 
     keys = {0: [[0, 0, 10, 10], [100, 100, 140, 140]], 4: [[4, 2, 14, 12]], 6: [[6, 3, 16, 13], [50, 50, 60, 60]]}
     out = interpolate_boxes(keys, 7)
@@ -300,8 +300,8 @@ def test_interpolate_boxes_between_detections():
 def test_detect_every_runs_the_detector_on_fewer_frames(clip, tmp_path, monkeypatch):
     """--detect-every 3 on a 6-frame clip with batches of 4: the detector sees frames 0, 3
     (every 3rd) and 5 (the last of a batch), the other frames get interpolated boxes."""
+    from lbcore.apps.protection import _Run
     from lbcore.io import probe_video
-    from lbcore.protection import _Run
 
     seen = []
     real = _Run.detect

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbcore.errors import InputError, WeightsError
-from lbcore.synthesis import (
+from lbcore.apps.synthesis import (
     ALIGN_POINTS,
     MEAN_FACE_68,
     MIRROR_68,
@@ -25,6 +24,7 @@ from lbcore.synthesis import (
     train_autoencoder,
     umeyama,
 )
+from lbcore.errors import InputError, WeightsError
 
 TINY = {"size": 64, "width": 8, "bottleneck": 64, "batch_size": 8, "lr": 2e-3}
 STEPS = 30
@@ -85,7 +85,7 @@ def test_template_is_symmetric_and_spans_the_unit_square() -> None:
 
 
 def test_template_recomputes_from_the_shared_markup(shared: Path) -> None:
-    from lbcore.data import load_annotations
+    from lbcore.io.annotations import load_annotations
 
     d = shared / "data"
     records = [r for r in load_annotations(d / "faces68") if r.landmarks is not None]
@@ -127,8 +127,8 @@ def test_bad_landmarks_and_identity_are_one_line_input_errors() -> None:
 
 
 def _face(shared: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    from lbcore.data import load_annotations
     from lbcore.io import read_image
+    from lbcore.io.annotations import load_annotations
 
     (rec,) = load_annotations(shared / "data" / "faces68" / f"{stem}.pts")
     return read_image(rec.image_path).rgb, rec.landmarks
@@ -181,8 +181,8 @@ def test_shifted_landmarks_break_the_alignment_round_trip(takeo) -> None:
 
 @pytest.fixture(scope="module")
 def subjects(shared: Path) -> tuple[list, list]:
-    from lbcore.data import load_annotations
     from lbcore.io import read_image
+    from lbcore.io.annotations import load_annotations
 
     recs = load_annotations(shared / "data" / "dlib_faces" / "training_with_face_landmarks.xml", "dlib-xml")
     images: dict = {}

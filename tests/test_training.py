@@ -1,4 +1,4 @@
-"""The trainer (lbcore.training) against a tiny heat-map extractor, and on real faces."""
+"""The trainer (lbcore.apps.training) against a tiny heat-map extractor, and on real faces."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 import torch
 
 import lbcore
-from lbcore.errors import WeightsError
-from lbcore.extractor import HeatmapExtractor, argmax_2d
-from lbcore.training import (
+from lbcore.apps.training import (
     PAPER_RECIPES,
     Augment,
     LabelledFace,
@@ -27,6 +25,8 @@ from lbcore.training import (
     recipe_for,
     train,
 )
+from lbcore.errors import WeightsError
+from lbcore.extractor import HeatmapExtractor, argmax_2d
 from lbcore.types import LandmarkScheme
 
 # three points: two "eyes" (mirror images of each other) and a "mouth"
@@ -112,7 +112,7 @@ def test_heatmap_loss_background_channel_and_mask() -> None:
 def test_augmented_targets_follow_the_crop() -> None:
     """With rotation, scale, translation and flips, each target sits on its dot in the augmented
     crop; after a flip point k is the mirrored face's k, i.e. the original's flip_permutation[k]."""
-    from lbcore.training import _invert_affine, _make_batch
+    from lbcore.apps.training import _invert_affine, _make_batch
 
     ext = TinyExtractor().eval()
     samples = prepare_samples(_synthetic_faces(6, seed=3))
@@ -284,7 +284,7 @@ def test_short_training_on_real_faces_then_the_attack_breaks_it(trained_fan: Any
     nme = evaluate_nme(extractor, samples)
     assert nme < 0.15, f"NME {nme:.3f} on the training faces after the short run"
     # attack the four human-annotated photos' faces (the last four samples)
-    from lbcore.training import _nme
+    from lbcore.apps.training import _nme
 
     broken = []
     for s in samples[-4:]:
@@ -324,7 +324,7 @@ def test_avssan_trains_on_98_point_lists(tmp_path: Path, shared: Path) -> None:
     import subprocess
     import sys
 
-    from lbcore.data import load_annotations
+    from lbcore.io.annotations import load_annotations
 
     lines = []
     for r in load_annotations(shared / "data" / "faces68", "pts"):

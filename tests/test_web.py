@@ -71,7 +71,7 @@ def _files_under(root: Path) -> list[Path]:
 @pytest.fixture()
 def make_app(tmp_path):
     """``make_app(**kwargs)``: an app whose private folder lies in tmp_path; closed after the test."""
-    from lbcore.web import create_app
+    from lbcore.apps.web import create_app
 
     apps = []
 
@@ -90,7 +90,7 @@ def make_app(tmp_path):
 @pytest.fixture(scope="module")
 def photo_job(shared, tmp_path_factory):
     """One real protect job over two real photos through the page's API (shared by tests)."""
-    from lbcore.web import create_app
+    from lbcore.apps.web import create_app
 
     root = tmp_path_factory.mktemp("web")
     app = create_app(protect_options=FAST, temp_root=root)
@@ -141,7 +141,7 @@ def test_foreign_host_refused(make_app):
 
 
 def test_is_loopback():
-    from lbcore.web import is_loopback
+    from lbcore.apps.web import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("[::1]")
     assert is_loopback("127.8.9.10")

@@ -54,7 +54,7 @@ def _protect_options() -> dict[str, Any]:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """``lb serve``'s app on a free loopback port, in a thread of this process."""
-    from lbcore.web import create_app, make_server
+    from lbcore.apps.web import create_app, make_server
 
     app = create_app(protect_options=_protect_options(), temp_root=tmp_path)
     srv = make_server(app, "127.0.0.1", 0)

@@ -36,8 +36,9 @@ def attack_options(f: Any) -> Any:
     opts = [
         click.option("--extractor", "extractors", multiple=True, metavar="SPEC",
                      help="Extractor spec (repeat for an ensemble), e.g. fan or hrnet:weights=HR18-WFLW.pth."),
-        click.option("--attack", "attack_name", default=None, metavar="PRESET",
-                     help="Preset: base1, base2, lb (default), lbtrans, lbmix."),
+        click.option("--attack", "attack_name", default=None, metavar="SPEC",
+                     help="Attack: a registered name with optional keys, e.g. lb (default), base1, base2, "
+                          "lbtrans, lbmix or lb:steps=30 (see `lb list attacks`)."),
         click.option("--loss", default=None, metavar="SPEC", help="Loss spec (default heatmap-cosine, Eq. 1)."),
         click.option("--optimizer", default=None, metavar="SPEC", help="Update rule spec, e.g. mifgsm:alpha=1,decay=0.5."),
         click.option("--eps", type=float, default=None, help="L-inf budget on the 0..255 scale (default 15)."),
@@ -60,7 +61,7 @@ def attack_options(f: Any) -> Any:
 def build_config(attack_name: str | None, loss: str | None, optimizer: str | None,
                  eps: float | None, steps: int | None, eot: tuple[str, ...], seed: int,
                  random_start: float | None = None) -> Any:
-    from lbcore.engine import preset
+    from lbcore.attacks import preset
 
     overrides: dict[str, Any] = {"eps": eps, "steps": steps, "seed": seed, "random_start": random_start}
     if loss:

@@ -11,8 +11,8 @@ import click
 @click.option("--extractor", "extractors", multiple=True, metavar="SPEC",
               help="Extractor to measure (repeatable). Default: every installed extractor, weights=none, "
                    "published size.")
-@click.option("--attack", "attacks", multiple=True, type=click.Choice(["base1", "base2", "lb", "lbtrans", "lbmix"]),
-              help="Attack preset (repeatable). Default: lb.")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME",
+              help="Registered attack (repeatable; see `lb list attacks`). Default: lb.")
 @click.option("--batch", "batches", multiple=True, type=int, help="Batch size in faces (repeatable). Default: 1, 4, 16.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Iterations T.")
 @click.option("--repeat", type=int, default=1, show_default=True, help="Timed runs per row (the best counts).")
@@ -40,7 +40,7 @@ def bench_cmd(extractors: tuple[str, ...], attacks: tuple[str, ...], batches: tu
     """
     import torch
 
-    from lbcore.bench import BenchOptions, format_table, run_bench, speedup_table_markdown
+    from lbcore.apps.bench import BenchOptions, format_table, run_bench, speedup_table_markdown
 
     if threads:
         torch.set_num_threads(threads)

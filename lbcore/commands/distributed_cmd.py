@@ -1,7 +1,7 @@
 """``lb distributed protect``: ``lb protect`` across the workers of a ``torchrun`` group.
 
 The sub-command takes exactly ``lb protect``'s options (it reuses that command's parameter
-list), so the two cannot drift apart; see :mod:`lbcore.distributed` for how work is split.
+list), so the two cannot drift apart; see :mod:`lbcore.apps.distributed` for how work is split.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ _CLI_ONLY = {"inputs", "outdir", "weights", "example", "quiet", "as_json", "boxe
 
 
 def options_from_cli(params: dict[str, Any]) -> Any:
-    """``lb protect``'s parsed parameters -> :class:`~lbcore.protection.ProtectOptions`."""
+    """``lb protect``'s parsed parameters -> :class:`~lbcore.apps.protection.ProtectOptions`."""
+    from lbcore.apps.protection import ProtectOptions
     from lbcore.commands.attack_cmd import parse_box
-    from lbcore.protection import ProtectOptions
 
     fields = {f.name for f in attrs.fields(ProtectOptions)}
     kwargs = {_RENAMED.get(k, k): v for k, v in params.items() if k not in _CLI_ONLY}
@@ -54,9 +54,9 @@ def distributed_group() -> None:
 
 
 def _protect(**params: Any) -> None:
+    from lbcore.apps.distributed import protect_distributed, worker_info
     from lbcore.commands.attack_cmd import apply_weights_option
     from lbcore.commands.protect_cmd import print_report
-    from lbcore.distributed import protect_distributed, worker_info
     from lbcore.errors import SpecError
 
     apply_weights_option(params["weights"])
@@ -90,10 +90,10 @@ distributed_group.add_command(click.Command(
 def _evaluate(**params: Any) -> None:
     import attrs as _attrs
 
+    from lbcore.apps.distributed import _device_for, _store, worker_info
+    from lbcore.apps.evaluation import evaluate
     from lbcore.commands.attack_cmd import apply_weights_option
     from lbcore.commands.evaluate_cmd import options_from_cli, print_results
-    from lbcore.distributed import _device_for, _store, worker_info
-    from lbcore.evaluation import evaluate
 
     apply_weights_option(params["weights"])
     info = worker_info()

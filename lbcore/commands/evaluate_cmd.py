@@ -45,7 +45,7 @@ _performance = performance_options()
               help="Extractors (each is attacked and measured). Separate specs with ';' or repeat the "
                    "option (specs contain commas): --extractors 'fan=fan:width=64,weights=f.pth;hrnet'.")
 @click.option("--attacks", multiple=True, default=("none,base1,base2,lb,lbtrans,lbmix",), show_default=True,
-              help="Comma-separated: none and attack presets.")
+              help="Comma-separated: none and registered attacks (see `lb list attacks`).")
 @click.option("--degradations", multiple=True, default=("none,jpeg:quality=75,jpeg:quality=50,c,c2",),
               show_default=True, help="Comma-separated degradation specs applied after the attack (none = as is).")
 @click.option("--ablate", multiple=True, metavar="PARAM=START:STOP:STEP",
@@ -94,8 +94,8 @@ def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
     videos. Every source x target extractor pair is measured (white-box on the diagonal,
     transfer off it), after each degradation. An interrupted run resumes from what is finished.
     """
+    from lbcore.apps.evaluation import evaluate
     from lbcore.commands.attack_cmd import apply_weights_option
-    from lbcore.evaluation import evaluate
 
     apply_weights_option(weights)
     options = options_from_cli(locals())
@@ -105,8 +105,8 @@ def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
 
 
 def options_from_cli(p: dict[str, Any]) -> Any:
-    """``lb evaluate``'s parsed parameters -> :class:`~lbcore.evaluation.EvaluateOptions`."""
-    from lbcore.evaluation import EvaluateOptions
+    """``lb evaluate``'s parsed parameters -> :class:`~lbcore.apps.evaluation.EvaluateOptions`."""
+    from lbcore.apps.evaluation import EvaluateOptions
 
     return EvaluateOptions(
         extractors=p["extractors"], attacks=_split(p["attacks"]), degradations=_split_degradations(p["degradations"]),

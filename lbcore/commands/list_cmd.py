@@ -10,24 +10,22 @@ from lbcore.plugins import KINDS
 
 
 @click.command("list")
-@click.argument("kind", type=click.Choice([*KINDS, "attacks"]))
+@click.argument("kind", type=click.Choice(KINDS))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show each component's parameters.")
 def list_cmd(kind: str, as_json: bool, verbose: bool) -> None:
     """List the components of KIND (extractors, losses, optimizers, degradations, detectors,
-    or attack presets) with one-line summaries."""
+    attacks) with one-line summaries. Attacks are listed in registration order (the paper's first)."""
     from lbcore.plugins import get_plugin_manager
 
-    if kind == "attacks":
-        from lbcore.engine import PRESET_SUMMARIES, PRESETS
-
-        rows = [{"name": n, "summary": PRESET_SUMMARIES.get(n, ""), "settings": PRESETS[n]} for n in PRESETS]
-    else:
-        comps = get_plugin_manager().components(kind)
-        rows = [
-            {"name": c.name, "summary": c.summary, "distribution": c.distribution, "params": c.params()}
-            for c in comps.values()
-        ]
+    comps = get_plugin_manager().components(kind, sort=kind != "attacks")
+    rows = [
+        {"name": c.name, "summary": c.summary, "distribution": c.distribution, "params": c.params()}
+        for c in comps.values()
+    ]
+    for r, c in zip(rows, comps.values(), strict=True):
+        if kind == "attacks":
+            r["settings"] = dict(getattr(c.factory, "fields", {}))
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

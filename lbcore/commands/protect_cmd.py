@@ -65,8 +65,9 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Extractor to attack (repeatable). Default: every installed extractor with weights.")
 @click.option("--held-out", "held_out", multiple=True, metavar="SPEC",
               help="Extractor measured in the report but not attacked (tests transfer).")
-@click.option("--attack", "attack_name", default="lb", show_default=True,
-              type=click.Choice(["base1", "base2", "lb", "lbtrans", "lbmix"]), help="Attack preset.")
+@click.option("--attack", "attack_name", default="lb", show_default=True, metavar="SPEC",
+              help="Attack: a registered name with optional keys (lb, base1, base2, lbtrans, lbmix, lb:steps=30; "
+                   "see `lb list attacks`).")
 @click.option("--strength", default="medium", show_default=True, type=click.Choice(["low", "medium", "high"]),
               help="low: eps 8, 10 steps (least visible); medium: eps 15, 20 steps (the paper's); "
                    "high: eps 24, 30 steps (strongest, more visible). eps is on the 0..255 scale.")
@@ -116,8 +117,8 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
     rerun skips finished files) and reports per face how far each extractor's landmarks moved.
     Exit status: 0 all done, 1 some inputs failed, 2 bad usage, 3 missing weights/plugins.
     """
+    from lbcore.apps.protection import ProtectOptions, protect
     from lbcore.errors import SpecError
-    from lbcore.protection import ProtectOptions, protect
 
     apply_weights_option(weights)
     paths = list(inputs)

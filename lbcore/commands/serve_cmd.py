@@ -1,4 +1,4 @@
-"""``lb serve``: the local web page for protecting photos (see :mod:`lbcore.web`)."""
+"""``lb serve``: the local web page for protecting photos (see :mod:`lbcore.apps.web`)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ def serve_cmd(host: str, port: int, max_upload_mb: float, max_files: int, max_fr
     a download button. Uploads live in a private temporary folder that is deleted when the page
     is closed, after --session-ttl seconds idle, and when the server stops (Ctrl+C).
     """
+    from lbcore.apps.web import create_app, is_loopback, make_server
     from lbcore.errors import SpecError
-    from lbcore.web import create_app, is_loopback, make_server
 
     apply_weights_option(weights)
     logging.basicConfig(level=logging.INFO, format="lb serve: %(message)s")
-    log = logging.getLogger("lbcore.web")
+    log = logging.getLogger("lbcore.apps.web")
     loopback = is_loopback(host)
     if not loopback:
         warning = (f"WARNING: listening on {host}: anyone who can reach this computer on that network can use "

@@ -1,9 +1,9 @@
 """``lb synth``: train and run the DeepFake face-swap model that SSIM_W is measured with.
 
 ``lb synth train`` aligns the faces of two subjects (A and B) to the mean-face template and
-trains the shared-encoder / two-decoder autoencoder of :mod:`lbcore.synthesis`. Faces come
+trains the shared-encoder / two-decoder autoencoder of :mod:`lbcore.apps.synthesis`. Faces come
 from annotation files (``.pts`` beside images, dlib XML, WFLW lists; read by
-:func:`lbcore.data.load_annotations`) or, for unannotated images and videos, from a landmark
+:func:`lbcore.io.annotations.load_annotations`) or, for unannotated images and videos, from a landmark
 extractor on the faces a detector finds - as a DeepFake tool would get them.
 
 torch is imported inside the commands only.
@@ -26,8 +26,8 @@ ANNOTATION_SUFFIXES = (".pts", ".xml", ".txt")
 def _annotated_faces(path: Path) -> list[tuple[Any, Any]]:
     """``(image, landmarks)`` pairs from annotations: a file, or a folder of images with
     ``.pts`` beside them plus any dlib XML files in it."""
-    from lbcore.data import load_annotations
     from lbcore.io import read_image
+    from lbcore.io.annotations import load_annotations
 
     records: list[Any] = []
     if path.is_dir():
@@ -134,8 +134,8 @@ def train(path_a: Path, path_b: Path, landmarks: str, detector: str, out: Path, 
           width: int, bottleneck: int, batch_size: int, lr: float, every: int, max_frames: int,
           device: str, seed: int) -> None:
     """Train the face-swap autoencoder on the faces of subjects A and B."""
+    from lbcore.apps.synthesis import train_autoencoder
     from lbcore.engine import resolve_device
-    from lbcore.synthesis import train_autoencoder
 
     if size % 16 or size < 16:
         raise SpecError(f"bad --size {size}: must be a positive multiple of 16")

@@ -13,9 +13,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".ti
 
 
 def load_faces(path: str, fmt: Any, image_root: str | None = None) -> list[Any]:
-    """Annotated faces from ``path`` through :func:`lbcore.data.load_annotations`
+    """Annotated faces from ``path`` through :func:`lbcore.io.annotations.load_annotations`
     (records without landmarks are dropped)."""
-    from lbcore.data import load_annotations
+    from lbcore.io.annotations import load_annotations
 
     return [r for r in load_annotations(path, fmt, image_root=image_root) if r.landmarks is not None]
 
@@ -70,11 +70,7 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, 
     """
     import torch
 
-    from lbcore.engine import resolve_device
-    from lbcore.errors import SpecError
-    from lbcore.plugins import get_plugin_manager
-    from lbcore.spec import parse_spec
-    from lbcore.training import (
+    from lbcore.apps.training import (
         PAPER_RECIPES,
         dlib_teacher,
         extractor_teacher,
@@ -83,6 +79,10 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, 
         recipe_for,
         train,
     )
+    from lbcore.engine import resolve_device
+    from lbcore.errors import SpecError
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.spec import parse_spec
 
     pm = get_plugin_manager()
     dev = resolve_device(device)

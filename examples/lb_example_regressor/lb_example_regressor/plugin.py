@@ -3,7 +3,8 @@
 Everything here is cheap to import: torch and the model load only inside the factories, which
 lbcore calls when a component is used (``lb plugins`` and ``lb list`` never build anything).
 The factories' annotated keyword parameters are the spec keys users type:
-``example-regressor:context=1.4,heatmaps=false``, ``example-nme:eps=1e-6``.
+``example-regressor:context=1.4,heatmaps=false``, ``example-nme:eps=1e-6``,
+``--attack example-displacement:steps=40``.
 """
 
 from __future__ import annotations
@@ -55,3 +56,14 @@ def register_extractors(register: Callable[..., None]) -> None:
 @hookimpl
 def register_losses(register: Callable[..., None]) -> None:
     register("example-nme", example_nme)
+
+
+@hookimpl
+def register_attacks(register: Callable[..., None]) -> None:
+    from lbcore.attacks import recipe  # torch-free: registering stays cheap
+
+    # A regressor's coordinates, not heat-maps, are what a face-swap tool uses: push them away
+    # with the plugin's own loss. Its gradient is zero at the clean image, hence the random start.
+    register("example-displacement", recipe(
+        "Example plugin: MI-FGSM on the normalised landmark displacement (example-nme), random start",
+        loss="example-nme", optimizer="mifgsm:alpha=1,decay=0.5", random_start=2.0))

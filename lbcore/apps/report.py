@@ -1,6 +1,6 @@
 """The report of ``lb evaluate``: the paper's Tables I-IV in Markdown and Figs. 3-4 as PNG.
 
-Input is the ``results.json`` content written by :func:`lbcore.evaluation.evaluate` (rows keyed
+Input is the ``results.json`` content written by :func:`lbcore.apps.evaluation.evaluate` (rows keyed
 by source extractor, attack, target extractor, degradation and ablation value). Tables use the
 paper's layout:
 

@@ -1,6 +1,6 @@
 """The Flask application behind ``lb serve``: a page that protects photos and a short video.
 
-The page calls the same :func:`lbcore.protection.protect` as ``lb protect``; this module only
+The page calls the same :func:`lbcore.apps.protection.protect` as ``lb protect``; this module only
 receives uploads, runs jobs, and presents the report (previews, plain-word numbers, downloads).
 
 Routes (JSON unless noted):
@@ -38,12 +38,12 @@ from flask import Flask, Request, Response, abort, jsonify, render_template, req
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
-from lbcore.web.store import Job, Session, SessionStore
-from lbcore.web.words import describe_record
+from lbcore.apps.web.store import Job, Session, SessionStore
+from lbcore.apps.web.words import describe_record
 
 __all__ = ["create_app", "make_server", "DEFAULT_MAX_UPLOAD_MB", "LOOPBACK_HOSTS", "is_loopback"]
 
-log = logging.getLogger("lbcore.web")
+log = logging.getLogger("lbcore.apps.web")
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 """Largest upload (all files of one Protect together), in MB (``--max-upload-mb``)."""
@@ -90,7 +90,7 @@ def create_app(
     """Build the web application.
 
     Args:
-        protect_options: extra :class:`lbcore.protection.ProtectOptions` fields for every job
+        protect_options: extra :class:`lbcore.apps.protection.ProtectOptions` fields for every job
             (e.g. ``extractors``, ``device``, ``steps``); the page's strength and robust choices
             are added to them.
         max_upload_mb: largest upload per Protect (all files together), in MB.
@@ -101,7 +101,7 @@ def create_app(
             serving on another interface on purpose).
         session_ttl_s: idle seconds after which a session's files are deleted.
         temp_root: where the private temporary folder is made (default: the system's).
-        run: the protect function (default :func:`lbcore.protection.protect`; tests may wrap it).
+        run: the protect function (default :func:`lbcore.apps.protection.protect`; tests may wrap it).
 
     Returns:
         The Flask app; ``app.extensions["lb_store"]`` is its :class:`SessionStore`, whose
@@ -109,7 +109,7 @@ def create_app(
     """
     import atexit
 
-    from lbcore.protection import protect
+    from lbcore.apps.protection import protect
 
     store = SessionStore(run or protect, root=temp_root, ttl_s=session_ttl_s)
     atexit.register(store.close)
@@ -172,7 +172,7 @@ def create_app(
     # -- the page -----------------------------------------------------------------------
     @app.get("/")
     def index() -> Any:
-        from lbcore.protection import STRENGTHS
+        from lbcore.apps.protection import STRENGTHS
 
         store.sweep()
         session = store.create()
@@ -195,7 +195,7 @@ def create_app(
 
     @app.post("/api/jobs")
     def submit() -> Any:
-        from lbcore.protection import STRENGTHS
+        from lbcore.apps.protection import STRENGTHS
 
         session = _session()
         uploads = [f for f in request.files.getlist("files") if f.filename]
@@ -220,7 +220,7 @@ def create_app(
             job.inputs.append(path)
             job.names.append(name)
         if problems:
-            from lbcore.web.store import _rmtree
+            from lbcore.apps.web.store import _rmtree
 
             _rmtree(job.folder)
             what = "This file cannot" if len(problems) == 1 else f"{len(problems)} files cannot"

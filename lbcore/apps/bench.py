@@ -346,7 +346,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     """
     import torch
 
-    from lbcore.engine import PRESETS, Performance, attack, preset, resolve_amp, resolve_device
+    from lbcore.attacks import attack_names, preset
+    from lbcore.engine import Performance, attack, resolve_amp, resolve_device
     from lbcore.plugins import get_plugin_manager
 
     log = progress or (lambda s: None)
@@ -354,8 +355,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     dev = resolve_device(options.device)
     amp = resolve_amp(options.amp, dev)
     for a in options.attacks:
-        if a not in PRESETS:
-            raise SpecError(f"unknown attack preset {a!r} (valid: {', '.join(PRESETS)})")
+        if a not in attack_names():
+            raise SpecError(f"unknown attack preset {a!r} (valid: {', '.join(attack_names())})")
     if not options.batches or min(options.batches) < 1:
         raise SpecError("batch sizes must be positive")
     specs = list(options.extractors) or [
@@ -382,7 +383,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
         flops = count_flops(ext, options.image_size, dev)
         for name in options.attacks:
             config = preset(name, steps=options.steps, seed=options.seed)
-            steps = 1 if PRESETS[name].get("steps") == 1 else options.steps
+            steps = 1 if preset(name).steps == 1 else options.steps
             face_flops = steps * flops["step"] + 2 * flops["forward"]  # + clean and final passes
             base_fps = base_cpu_fps = base_loss = None
             nb = min(options.baseline_faces, max(options.batches))

@@ -190,15 +190,15 @@ def protect_distributed(
     info: WorkerInfo | None = None,
     segment_frames: int = SEGMENT_FRAMES,
 ) -> dict[str, Any]:
-    """:func:`lbcore.protection.protect` over the workers of a ``torchrun`` group.
+    """:func:`lbcore.apps.protection.protect` over the workers of a ``torchrun`` group.
 
     Run by every worker with the same arguments. Returns the merged report on rank 0 (also
     written to ``out_dir/report.json``) and this worker's part on the others. With one worker
     (no torchrun) it is the plain, single-process protect. Videos longer than
     ``segment_frames`` frames are split into frame ranges over the workers (0: never).
     """
+    from lbcore.apps.protection import ProtectOptions, _Run, protect
     from lbcore.io import iter_inputs
-    from lbcore.protection import ProtectOptions, _Run, protect
 
     options = options or ProtectOptions()
     info = info or worker_info()
@@ -318,7 +318,7 @@ def _wait_for_workers(store: Any, info: WorkerInfo, poll_s: float = 0.2) -> None
 
 def _protect_units(entries: Sequence[Any], units: Sequence[Unit], run: Any, collides: dict[int, int],
                    out: Path, log: Callable[[str], None], info: WorkerInfo) -> dict[str, Any]:
-    """This worker's share of :func:`lbcore.protection.protect`'s loop (same records, same errors),
+    """This worker's share of :func:`lbcore.apps.protection.protect`'s loop (same records, same errors),
     plus the frame ranges of long videos (``segments``: merged by rank 0)."""
     from lbcore.io import display_path
 
@@ -561,7 +561,7 @@ def merge_reports(parts: Sequence[dict[str, Any]], options: Any, videos: Sequenc
                   ) -> dict[str, Any]:
     """One report from the workers' parts and the merged split ``videos``: files in input order,
     notes without repeats, the summary recomputed over all files, per-worker seconds and devices."""
-    from lbcore.protection import _summary
+    from lbcore.apps.protection import _summary
 
     records = sorted([*(r for p in parts for r in p["files"]), *videos], key=lambda r: r.get("index", 0))
     for r in records:

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-log = logging.getLogger("lbcore.web")
+log = logging.getLogger("lbcore.apps.web")
 
 __all__ = ["Job", "Session", "SessionStore"]
 
@@ -106,7 +106,7 @@ class SessionStore:
 
     Args:
         run: the function a job calls: ``run(inputs, out_dir, progress=..., **options)`` returning
-            the report (:func:`lbcore.protection.protect`).
+            the report (:func:`lbcore.apps.protection.protect`).
         root: parent folder for the private root (default: the system's temporary folder).
         ttl_s: idle seconds after which a session and its files are deleted.
     """

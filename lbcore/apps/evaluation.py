@@ -11,7 +11,7 @@ The pipeline of the paper's Fig. 2, for every combination the tables need:
   *reference* extractor's predictions on the clean image (the paper used HRNet). The ``none``
   attack row is the NME of the clean image against that ground truth.
 * **Attacks** - each ``source`` extractor is attacked with each preset of
-  :data:`lbcore.engine.PRESETS` (batched, on ``--device``); the adversarial image is then
+  the registered attacks (:mod:`lbcore.attacks`) (batched, on ``--device``); the adversarial image is then
   **degraded** (JPEG, MPEG-4 "C", H.264 double compression "C2", ...) and shown to every
   **target** extractor: white-box on the diagonal (source = target), transfer off it.
 * **Metrics per face** - NME (:func:`lbcore.metrics.nme`), failure rates at 0.08 and 0.10,
@@ -20,7 +20,7 @@ The pipeline of the paper's Fig. 2, for every combination the tables need:
   variant; the report's tables use ``ssim_i``), PSNR in the face box, and SSIM_W - the SSIM in
   the face box between the DeepFake synthesised from the clean image with the target's clean
   landmarks and the one synthesised from the degraded adversarial image with the target's
-  landmarks on it (:func:`lbcore.synthesis.ssim_w`), with its two controls: the identity round
+  landmarks on it (:func:`lbcore.apps.synthesis.ssim_w`), with its two controls: the identity round
   trip (align, no autoencoder, warp back: ``ssim_identity``) and the adversarial image
   synthesised with the clean landmarks (``ssim_w_clean_landmarks``).
 
@@ -50,6 +50,7 @@ import attrs
 import numpy as np
 
 from lbcore.errors import InputError, LBError, SpecError
+from lbcore.metrics import clip_region, region_mask_ssim, ssim_window_margin, uncrop_masked_ssim
 
 __all__ = [
     "ABLATABLE",
@@ -100,7 +101,7 @@ class EvaluateOptions:
         max_frames: longest accepted video (frames).
         limit: use at most this many faces (in data order).
         batch_size: images attacked together (same-sized images only).
-        annotation_format, image_root: passed to :func:`lbcore.data.load_annotations`.
+        annotation_format, image_root: passed to :func:`lbcore.io.annotations.load_annotations`.
     """
 
     extractors: tuple[str, ...] = ()
@@ -210,7 +211,7 @@ def parse_ablation(text: str) -> tuple[str, list[float]]:
 def attack_config(name: str, options: EvaluateOptions, ablation: tuple[str, float] | None = None) -> Any:
     """The :class:`~lbcore.engine.AttackConfig` of a preset under the run's overrides and an
     optional ablation value (``alpha``/``decay`` rewrite the update-rule spec)."""
-    from lbcore.engine import preset
+    from lbcore.attacks import preset
     from lbcore.spec import format_spec, parse_spec
 
     overrides: dict[str, Any] = {"eps": options.eps, "steps": options.steps, "seed": options.seed}
@@ -306,8 +307,8 @@ def load_dataset(
     Raises:
         InputError: unreadable inputs, or no face at all.
     """
-    from lbcore.data import load_annotations
     from lbcore.io import iter_inputs, media_kind, read_image
+    from lbcore.io.annotations import load_annotations
 
     images: list[EvalImage] = []
     faces: list[EvalFace] = []
@@ -409,18 +410,20 @@ class Unit:
 
 def plan_units(options: EvaluateOptions, labels: Sequence[str]) -> list[Unit]:
     """Every unit of a run, in report order: the attacks, then the ablation sweeps."""
-    from lbcore.engine import PRESETS
+    from lbcore.attacks import attack_names
+    from lbcore.spec import parse_spec
 
+    known = attack_names()
     units: list[Unit] = []
     for a in options.attacks:
-        if a != "none" and a not in PRESETS:
-            raise SpecError(f"--attacks: unknown attack {a!r} (valid: none, {', '.join(PRESETS)})")
+        if a != "none" and parse_spec(a)[0] not in known:
+            raise SpecError(f"--attacks: unknown attack {a!r} (valid: none, {', '.join(known)})")
         if a == "none":
             units.append(Unit("none", None))
         else:
             units.extend(Unit(a, s) for s in labels)
-    if options.ablate and options.ablate_attack not in PRESETS:
-        raise SpecError(f"--ablate-attack: unknown attack {options.ablate_attack!r} (valid: {', '.join(PRESETS)})")
+    if options.ablate and parse_spec(options.ablate_attack)[0] not in known:
+        raise SpecError(f"--ablate-attack: unknown attack {options.ablate_attack!r} (valid: {', '.join(known)})")
     for text in options.ablate:
         param, values = parse_ablation(text)
         units.extend(Unit(options.ablate_attack, s, (param, v)) for s in labels for v in values)
@@ -476,85 +479,13 @@ def _comparable(k_pred: int, k_gt: int) -> bool:
     return k_pred == k_gt or {k_pred, k_gt} == {68, 98}
 
 
-# SSIM on large images is costly (a 1920x1080 frame takes seconds per call); the face-region
-# SSIMs below compute the SSIM map on a crop around the face and give exactly the full-image
-# value (tests/test_evaluation.py checks the equality against lbcore.metrics / synthesis).
-
-
-def _window_margin() -> int:
-    from lbcore.metrics import SSIM_RADIUS
-
-    # Two window radii plus one: every pixel that a window reaching outside the crop (or its
-    # mirror image at the crop's edge) could see is zero in both masked images.
-    return 2 * SSIM_RADIUS + 1
-
-
-def _clip_region(shape: Sequence[int], x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
-    h, w = int(shape[0]), int(shape[1])
-    return (max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0),
-            min(int(math.ceil(x1)) + 1, w), min(int(math.ceil(y1)) + 1, h))
-
-
-def _interior_count(h: int, w: int) -> int:
-    from lbcore.metrics import SSIM_RADIUS
-
-    return max(h - 2 * SSIM_RADIUS, 0) * max(w - 2 * SSIM_RADIUS, 0)
-
-
-def _box_region(shape: Sequence[int], box: np.ndarray, margin: int) -> tuple[int, int, int, int]:
-    return _clip_region(shape, box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
-
-
-def _uncrop_masked_ssim(value: float, crop_hw: tuple[int, int], full_hw: tuple[int, int]) -> float:
-    """The whole-image masked SSIM from the same SSIM taken on a crop that holds the mask with
-    :func:`_window_margin` to spare: outside the mask's neighbourhood both masked images are
-    zero and the SSIM map is exactly 1, so only the count of interior pixels differs."""
-    n_crop, n_full = _interior_count(*crop_hw), _interior_count(*full_hw)
-    if n_full == 0 or n_crop == 0:
-        return float("nan")
-    return 1.0 - (1.0 - value) * n_crop / n_full
-
-
-def region_mask_ssim(original: np.ndarray, other: np.ndarray, box: np.ndarray,
-                     variant: Literal["masked-image", "mask-mean"] = "masked-image") -> float:
-    """:func:`lbcore.metrics.mask_ssim` with a ``(4,)`` box, computed on a crop (exact).
-
-    Args:
-        original, other: ``(H, W, 3)`` images.
-        box: ``(4,)`` x1, y1, x2, y2.
-        variant: as :func:`lbcore.metrics.mask_ssim`.
-    """
-    from lbcore.metrics import mask_ssim
-
-    x0, y0, x1, y1 = _box_region(original.shape, box, _window_margin())
-    if min(x1 - x0, y1 - y0) < 2 * _window_margin():
-        return float(mask_ssim(original, other, box, variant=variant))
-    shifted = np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0]
-    a, b = original[y0:y1, x0:x1], other[y0:y1, x0:x1]
-    if variant == "mask-mean":
-        # Box pixels see only crop pixels; but the full image's border pixels are left out of
-        # every mean, so the crop may only drop those where it shares the image's border.
-        from lbcore.metrics import SSIM_RADIUS, face_mask, ssim_map
-
-        h, w = original.shape[:2]
-        sel = face_mask(a.shape, shifted)
-        ys, xs = np.mgrid[y0:y1, x0:x1]
-        r = SSIM_RADIUS
-        sel &= (ys >= r) & (ys < h - r) & (xs >= r) & (xs < w - r)
-        if not sel.any():
-            return float(mask_ssim(original, other, box, variant=variant))
-        return float(ssim_map(a, b)[sel].mean())
-    value = float(mask_ssim(a, b, shifted, variant="masked-image"))
-    return _uncrop_masked_ssim(value, (y1 - y0, x1 - x0), original.shape[:2])
-
-
 def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv: np.ndarray,
                 swapper: Any, box: np.ndarray) -> dict[str, float]:
-    """:func:`lbcore.synthesis.ssim_w` (figures only), computed on the part of the image that
+    """:func:`lbcore.apps.synthesis.ssim_w` (figures only), computed on the part of the image that
     the synthesis and the SSIM can touch: the face box with the SSIM window's margin and both
     alignment crops' footprints. Exact: the synthesised pixels there do not change, and the
-    masked SSIM is rescaled to the full image (see :func:`_uncrop_masked_ssim`)."""
-    from lbcore.synthesis import alignment_matrix, ssim_w
+    masked SSIM is rescaled to the full image (see :func:`uncrop_masked_ssim`)."""
+    from lbcore.apps.synthesis import alignment_matrix, ssim_w
 
     size, pad = swapper.size, swapper.padding
     corners = np.array([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]])
@@ -564,17 +495,17 @@ def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv
         pts = corners @ m[:, :2].T + m[:, 2]
         xs += [float(pts[:, 0].min()), float(pts[:, 0].max())]
         ys += [float(pts[:, 1].min()), float(pts[:, 1].max())]
-    g = _window_margin()
-    x0, y0, x1, y1 = _clip_region(clean.shape, min(xs[:2]) - g, min(ys[:2]) - g, max(xs[:2]) + g, max(ys[:2]) + g)
+    g = ssim_window_margin()
+    x0, y0, x1, y1 = clip_region(clean.shape, min(xs[:2]) - g, min(ys[:2]) - g, max(xs[:2]) + g, max(ys[:2]) + g)
     # the alignment footprints, with two pixels for bilinear sampling
-    ax0, ay0, ax1, ay1 = _clip_region(clean.shape, min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
+    ax0, ay0, ax1, ay1 = clip_region(clean.shape, min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
     x0, y0, x1, y1 = min(x0, ax0), min(y0, ay0), max(x1, ax1), max(y1, ay1)
     off = np.array([x0, y0], dtype=np.float64)
     r = ssim_w(clean[y0:y1, x0:x1], adv[y0:y1, x0:x1], lm_clean - off, lm_adv - off, swapper,
                list(np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0])).as_dict()
     out = {k: float(v) for k, v in r.items()}
     for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment"):
-        out[k] = _uncrop_masked_ssim(out[k], (y1 - y0, x1 - x0), clean.shape[:2])
+        out[k] = uncrop_masked_ssim(out[k], (y1 - y0, x1 - x0), clean.shape[:2])
     return out
 
 
@@ -754,7 +685,7 @@ class _Evaluation:
         return None
 
     def _synthesiser(self) -> tuple[Any, dict[str, Any]]:
-        from lbcore.synthesis import FaceSwapper, train_autoencoder
+        from lbcore.apps.synthesis import FaceSwapper, train_autoencoder
 
         mode = self.o.synth
         if mode == "none":
@@ -950,9 +881,9 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from lbcore.apps.report import write_report
     from lbcore.io import write_bytes_atomic
     from lbcore.plugins import get_plugin_manager
-    from lbcore.report import write_report
 
     options = attrs.evolve(options or EvaluateOptions(), **kwargs)
     if options.ground_truth not in ("auto", "annotations", "reference"):

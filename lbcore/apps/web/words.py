@@ -1,6 +1,6 @@
 """The protect report in plain words, for the web page.
 
-Pure presentation: every number comes from a record of :func:`lbcore.protection.protect`'s
+Pure presentation: every number comes from a record of :func:`lbcore.apps.protection.protect`'s
 report; nothing here measures anything. NME is the mean landmark displacement divided by the
 distance between the outer eye corners, so ``NME * 100`` reads as "per cent of the eye
 distance"; a face counts as protected (the paper's "broken") when it is above the report's

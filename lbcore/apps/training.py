@@ -238,7 +238,7 @@ def prepare_samples(faces: Iterable[Any], context: float = 1.0, max_box: float =
 
     Args:
         faces: objects with ``image_path`` (or ``image``), ``box`` and ``landmarks``
-            (:class:`LabelledFace`, or ``lbcore.data.FaceRecord``); faces without landmarks
+            (:class:`LabelledFace`, or ``lbcore.io.annotations.FaceRecord``); faces without landmarks
             are skipped.
         context: margin kept around the box, as a fraction of its larger side (room for
             scale and translation augmentation).

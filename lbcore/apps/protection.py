@@ -132,7 +132,8 @@ class _Run:
                  progress: Callable[[str], None] | None) -> None:
         import torch
 
-        from lbcore.engine import performance_for, preset, resolve_device
+        from lbcore.attacks import preset
+        from lbcore.engine import performance_for, resolve_device
         from lbcore.io import ResultStore
         from lbcore.plugins import get_plugin_manager
 
@@ -236,8 +237,7 @@ class _Run:
     def measure(self, clean: Any, adv: Any, faces: Any, boxes: list[list[float]],
                 with_checks: bool) -> list[dict[str, Any]]:
         """Per-face report rows for a batch of frames/images (tensors (B,3,H,W) 0..255)."""
-        from lbcore.evaluation import region_mask_ssim
-        from lbcore.metrics import nme, psnr
+        from lbcore.metrics import nme, psnr, region_mask_ssim
 
         before = self.predict_all(clean, faces)
         after = self.predict_all(adv, faces)
@@ -393,7 +393,7 @@ class _Run:
         measured_batches = 0
         from tqdm import tqdm
 
-        from lbcore.pipeline import BackgroundWriter, prefetch, stage_frames
+        from lbcore.apps.pipeline import BackgroundWriter, prefetch, stage_frames
 
         def batches() -> Iterator[tuple[list[Any], Any, list[Any]]]:
             # background thread: decode, detect faces, stage the frames on the device

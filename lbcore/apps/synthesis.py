@@ -625,7 +625,7 @@ def train_autoencoder(
     cfg: dict[str, Any] = {
         "size": size, "width": width, "bottleneck": bottleneck, "padding": padding,
         "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
-        "faces_a": len(a), "faces_b": len(b), "template": "lbcore.synthesis.MEAN_FACE_68",
+        "faces_a": len(a), "faces_b": len(b), "template": "lbcore.apps.synthesis.MEAN_FACE_68",
     }
     history: list[float] = []
 

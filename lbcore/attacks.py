@@ -1,0 +1,153 @@
+"""Attacks as components: an attack is a named recipe for the engine.
+
+A recipe fixes the parts of an :class:`AttackConfig` that make an attack what it is (the loss,
+the update rule, the number of steps, input diversity, mixing, EOT, a random start, ...) and
+leaves the rest at the engine's defaults. Plugins register recipes through the
+``register_attacks`` hook, exactly like extractors::
+
+    from lbcore import hookimpl
+    from lbcore.attacks import recipe
+
+    @hookimpl
+    def register_attacks(register):
+        register("my-attack", recipe("My attack: LB with 40 steps", steps=40))
+
+Every command then takes it by name, with spec keys for any :class:`AttackConfig` field
+(``--attack my-attack:steps=60,eps=8``), and :func:`lbcore.preset` builds its config.
+
+This module imports no torch: registering and listing attacks stays cheap.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from lbcore.errors import SpecError
+
+__all__ = ["AttackConfig", "Recipe", "recipe", "preset", "attack_names"]
+
+
+@attrs.define
+class AttackConfig:
+    """Everything that defines an attack run (paper settings by default).
+
+    Attributes:
+        loss: loss spec (``heatmap-cosine`` is Eq. 1).
+        optimizer: update-rule spec (``mifgsm:alpha=1,decay=0.5`` is Eq. 2).
+        eps: L-infinity budget on the 0..255 scale.
+        steps: maximum iterations T.
+        projection: ``ball`` projects onto the epsilon-ball each step; ``stop`` is the paper's
+            literal rule of Algorithm 1 (stop an image when the next step would leave the ball).
+        diversity_prob: LBtrans - probability of a random resize + zero pad at each step.
+        diversity_min_scale: smallest resize factor for LBtrans.
+        mix: LBmix - alternate I-FGSM (odd steps) and the update rule (even steps).
+        eot: degradation specs applied (differentiably) before the extractors, one drawn per step.
+        eot_samples: gradient samples averaged per step when ``eot`` is set.
+        random_start: uniform noise in ``[-r, r]`` added at the start (PGD-style); needed by
+            distance losses such as ``landmark-displacement``, whose gradient is zero at the
+            clean image. The paper starts from the clean image (0).
+        seed: seeds every random draw of the run.
+    """
+
+    loss: str = "heatmap-cosine"
+    optimizer: str = "mifgsm:alpha=1,decay=0.5"
+    eps: float = 15.0
+    steps: int = 20
+    projection: str = "ball"
+    diversity_prob: float = 0.0
+    diversity_min_scale: float = 0.85
+    mix: bool = False
+    eot: tuple[str, ...] = ()
+    eot_samples: int = 1
+    random_start: float = 0.0
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+_SPEC_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _spec_fields() -> dict[str, tuple[type, Any]]:
+    """The :class:`AttackConfig` fields a spec string can set (scalars; ``eot`` is a tuple of
+    specs and is set by a recipe or from Python), with their types and engine defaults."""
+    out: dict[str, tuple[type, Any]] = {}
+    for f in attrs.fields(AttackConfig):
+        t = _SPEC_TYPES.get(str(f.type))
+        if t is not None:
+            out[f.name] = (t, f.default)
+    return out
+
+
+class Recipe:
+    """A registered attack: calling it returns an :class:`AttackConfig`.
+
+    Its signature lists every scalar :class:`AttackConfig` field with the recipe's own default,
+    so spec strings (``lb:steps=30``) are checked and converted like any component's; any
+    other field (``eot``) may be passed from Python.
+    """
+
+    def __init__(self, summary: str, fields: Mapping[str, Any]) -> None:
+        known = {f.name for f in attrs.fields(AttackConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise SpecError(f"attack recipe sets unknown fields {', '.join(unknown)} (valid: {', '.join(sorted(known))})")
+        self.fields = dict(fields)
+        self.__doc__ = summary
+        params = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=self.fields.get(name, default), annotation=t)
+            for name, (t, default) in _spec_fields().items()
+        ]
+        params.append(inspect.Parameter("extra", inspect.Parameter.VAR_KEYWORD))
+        self.__signature__ = inspect.Signature(params, return_annotation=AttackConfig)
+
+    def __call__(self, **overrides: Any) -> AttackConfig:
+        known = {f.name for f in attrs.fields(AttackConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise SpecError(f"unknown attack setting {', '.join(unknown)} (valid: {', '.join(sorted(known))})")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "eot" in given:
+            given["eot"] = tuple(given["eot"])
+        return AttackConfig(**{**self.fields, **given})
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.__doc__!r}, {self.fields!r})"
+
+
+def recipe(summary: str, **fields: Any) -> Recipe:
+    """A named attack's factory: ``fields`` override :class:`AttackConfig`'s defaults."""
+    return Recipe(summary, fields)
+
+
+def preset(spec: str, *, plugin_manager: Any = None, **overrides: Any) -> AttackConfig:
+    """The :class:`AttackConfig` of a registered attack: a name (``lb``) or a spec
+    (``lb:steps=30,eps=8``), with keyword overrides (``None`` values are ignored)."""
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.spec import bind_params, parse_spec
+
+    pm = plugin_manager or get_plugin_manager()
+    name, raw = parse_spec(spec)
+    comps = pm.components("attacks")
+    if name not in comps:
+        raise SpecError(f"unknown attack preset {name!r} (valid: {', '.join(attack_names(pm))})")
+    factory: Callable[..., AttackConfig] = comps[name].factory
+    params = bind_params(factory, raw, spec)
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = factory(**params)
+    if not isinstance(cfg, AttackConfig):
+        raise SpecError(f"attack {name!r} did not return an AttackConfig (got {type(cfg).__name__})")
+    return cfg
+
+
+def attack_names(plugin_manager: Any = None) -> list[str]:
+    """Registered attack names in registration order (the paper's first)."""
+    from lbcore.plugins import get_plugin_manager
+
+    pm = plugin_manager or get_plugin_manager()
+    return list(pm.components("attacks", sort=False))
