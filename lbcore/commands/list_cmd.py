@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -19,7 +20,7 @@ def list_cmd(kind: str, as_json: bool, verbose: bool) -> None:
     from lbcore.plugins import get_plugin_manager
 
     comps = get_plugin_manager().components(kind, sort=kind != "attacks")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": c.name, "summary": c.summary, "distribution": c.distribution, "params": c.params()}
         for c in comps.values()
     ]
