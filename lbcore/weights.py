@@ -32,6 +32,7 @@ __all__ = [
     "load_state_dict_strict",
     "sha256sum",
     "register_explicit_weights",
+    "explicit_weights",
     "choose_weights",
 ]
 
@@ -57,6 +58,11 @@ _explicit: dict[str, str] = {}
 def register_explicit_weights(mapping: Mapping[str, str]) -> None:
     """Remember ``--weights NAME=PATH`` pairs for this process."""
     _explicit.update(mapping)
+
+
+def explicit_weights() -> dict[str, str]:
+    """The ``--weights NAME=PATH`` pairs given in this process."""
+    return dict(_explicit)
 
 
 def cache_dir() -> Path:
@@ -304,6 +310,8 @@ def download(entry: WeightsFile, dest_dir: str | os.PathLike[str], *, progress: 
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / entry.filename
     part = dest / (entry.filename + ".part")
+    if final.is_file() and (not entry.sha256 or sha256sum(final) == entry.sha256):
+        return final  # already complete (a file that fails its checksum is fetched again)
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(entry.url, headers={"Range": f"bytes={have}-"} if have else {})
     try:

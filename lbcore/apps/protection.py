@@ -23,7 +23,7 @@ import numpy as np
 
 from lbcore.errors import InputError, LBError, SpecError
 
-__all__ = ["STRENGTHS", "ProtectOptions", "protect", "default_extractor_specs"]
+__all__ = ["STRENGTHS", "Member", "ProtectOptions", "protect", "default_extractor_specs", "plan_default_ensemble"]
 
 STRENGTHS: dict[str, dict[str, float]] = {
     "low": {"eps": 8.0, "steps": 10},
@@ -83,46 +83,125 @@ class ProtectOptions:
         return {k: d[k] for k in keep}
 
 
-def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
-    """Every installed extractor whose default weights can be found.
+@attrs.frozen
+class Member:
+    """One extractor of the default ensemble.
 
-    Demonstration models (registered with ``demo=True``) are used only when no extractor with
-    real (published or user-given) weights is usable: published checkpoints take over.
-
-    Returns ``(usable, notes)``: the built extractors by name, and why others were left out.
+    Attributes:
+        label: what the report and the page call it: ``fan (2dfan4)`` for a weights file,
+            the extractor's name otherwise.
+        spec: the spec it is built from (``fan:modules=4,landmarks=68,weights=2dfan4``).
+        weights: the weights file's name, or None.
+        named: the user named this file (``--weights NAME=PATH``): it must be used.
+        demo: a demonstration model (used only when nothing else is).
     """
+
+    label: str
+    spec: str
+    weights: str | None = None
+    named: bool = False
+    demo: bool = False
+
+
+def plan_default_ensemble(pm: Any = None) -> list[Member]:
+    """The default ensemble's candidates, built from the weights files that are present.
+
+    Every known published file that is found (``--weights NAME=PATH``, ``$LB_WEIGHTS_DIR``, the
+    cache folder) joins once, with the architecture it fits (``2dfan4`` ->
+    ``fan:modules=4,landmarks=68``). An extractor that declares no file present (or none at
+    all) joins with its default spec, as it may need no file. Extractors registered with
+    ``default=False`` never join; demonstration models (``demo=True``) come last and are used
+    only when no other member can be built.
+    """
+    from lbcore.errors import WeightsError
     from lbcore.plugins import get_plugin_manager
+    from lbcore.spec import format_spec, parse_spec
+    from lbcore.weights import explicit_weights, resolve_weights
 
     pm = pm or get_plugin_manager()
-    comps = pm.components("extractors")
-    real = [n for n, c in comps.items() if not c.metadata.get("demo")]
-    demo = [n for n, c in comps.items() if c.metadata.get("demo")]
-    usable, notes = _usable(pm, real)
+    named = explicit_weights()
+    members: list[Member] = []
+    demos: list[Member] = []
+    for name, comp in pm.components("extractors").items():
+        if comp.metadata.get("default", True) is False:
+            continue
+        if comp.metadata.get("demo"):
+            demos.append(Member(name, name, demo=True))
+            continue
+        present = []
+        for entry in comp.metadata.get("weights", []) or []:
+            arch, params = parse_spec(entry.fits)
+            if arch != name:
+                continue
+            try:
+                resolve_weights(entry)
+            except WeightsError:
+                if entry.name not in named:
+                    continue  # absent; a named but missing file fails when built, below
+            present.append(Member(f"{name} ({entry.name})", format_spec(name, {**params, "weights": entry.name}),
+                                  entry.name, entry.name in named))
+        members.extend(present or [Member(name, name)])
+    return members + demos
+
+
+def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Build the default ensemble (see :func:`plan_default_ensemble`).
+
+    A member that cannot be built is left out with a one-line note naming why (a missing or
+    corrupt file, ...), unless the user named its file with ``--weights NAME=PATH``: that is an
+    error (exit 3). A ``--weights`` name no extractor knows is an error too.
+
+    Returns ``(usable, notes)``: the built extractors by label, and why others were left out.
+    """
+    from lbcore.errors import WeightsError
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.weights import explicit_weights
+
+    pm = pm or get_plugin_manager()
+    _check_named_weights(pm, explicit_weights())
+    plan = plan_default_ensemble(pm)
+    usable: dict[str, Any] = {}
+    notes: list[str] = []
+
+    def build(members: list[Member]) -> None:
+        for m in members:
+            try:
+                usable[m.label] = pm.build("extractors", m.spec)
+            except LBError as err:
+                if m.named:
+                    raise WeightsError(f"--weights {m.weights}: {_one_line(err)}") from None
+                notes.append(f"{m.label}: not used ({_one_line(err)})")
+            except Exception as err:  # a plugin bug must not stop the others
+                notes.append(f"{m.label}: not used ({type(err).__name__}: {_one_line(err)})")
+
+    build([m for m in plan if not m.demo])
+    demos = [m for m in plan if m.demo]
     if not usable:
-        usable, more = _usable(pm, demo)
-        notes += more
+        build(demos)
         if usable:
             notes.append(f"using the demonstration model(s) {', '.join(usable)}: no published weights found "
                          "(see `lb weights list`)")
-    elif demo:
-        notes.append(f"demonstration model(s) {', '.join(demo)} not used: published weights take over")
+    elif demos:
+        notes.append(f"demonstration model(s) {', '.join(m.label for m in demos)} not used: published weights take over")
     return usable, notes
 
 
-def _usable(pm: Any, names: list[str]) -> tuple[dict[str, Any], list[str]]:
-    usable: dict[str, Any] = {}
-    notes: list[str] = []
-    for name in names:
-        try:
-            usable[name] = pm.build("extractors", name)
-        except LBError as err:
-            # the first clause is enough here; `lb weights list` has where to get each file
-            notes.append(f"{name}: not used ({str(err).split(';')[0].split(': no ')[0][:120]})")
-            continue
-        except Exception as err:  # a plugin bug must not stop the others
-            notes.append(f"{name}: not used ({type(err).__name__}: {err})")
-            continue
-    return usable, notes
+def _one_line(err: object) -> str:
+    return " ".join(str(err).split())
+
+
+def _check_named_weights(pm: Any, named: dict[str, str]) -> None:
+    """Every ``--weights NAME=PATH`` must name a known file of an installed extractor."""
+    from lbcore.errors import WeightsError
+
+    known = set()
+    for comp in pm.components("extractors").values():
+        for entry in [*(comp.metadata.get("weights") or []), *(comp.metadata.get("demo_weights") or [])]:
+            known.add(entry.name)
+    unknown = sorted(set(named) - known)
+    if unknown:
+        raise WeightsError(f"--weights {unknown[0]}={named[unknown[0]]}: no installed extractor knows weights "
+                           f"named {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'}; see `lb weights list`)")
 
 
 class _Run:
@@ -145,6 +224,9 @@ class _Run:
         self.log = progress or (lambda s: None)
         self.bars = False
         if options.extractors:
+            from lbcore.weights import explicit_weights
+
+            _check_named_weights(self.pm, explicit_weights())
             self.attacked = {s: self.pm.build("extractors", s) for s in options.extractors}
         else:
             self.attacked, notes = default_extractor_specs(self.pm)

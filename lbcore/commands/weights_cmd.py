@@ -32,25 +32,32 @@ def _entries() -> list[tuple[Any, Any, str]]:
 @weights.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_weights(as_json: bool) -> None:
-    """List known weights files, what they fit, and where (or whether) you have them."""
+    """List known weights files, what they fit, where (or whether) you have them, and which ones
+    `lb protect` uses by default (every published file present; demo models only without one)."""
+    from lbcore.apps.protection import plan_default_ensemble
     from lbcore.weights import resolve_weights
 
+    plan = plan_default_ensemble()
+    by_default = {m.weights for m in plan if m.weights and not m.demo}
+    demo_default = not by_default
     rows = []
     for comp, w, role in _entries():
         try:
             where: str | None = str(resolve_weights(w))
         except WeightsError:
             where = None
+        default = bool(where) and (w.name in by_default if role == "published" else demo_default)
         rows.append({"name": w.name, "extractor": comp.name, "fits": w.fits, "file": w.filename,
                      "role": role, "url": w.url, "sha256": w.sha256, "licence": w.licence,
-                     "note": w.note, "found": where})
+                     "note": w.note, "found": where, "protect_default": default})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         status = f"found: {r['found']}" if r["found"] else "missing"
         label = " [demonstration model]" if r["role"] == "demo" else ""
-        click.echo(f"{r['name']}{label}  fits {r['fits']}  ({r['file']}, {r['licence']})  {status}")
+        used = "  [used by lb protect]" if r["protect_default"] else ""
+        click.echo(f"{r['name']}{label}  fits {r['fits']}  ({r['file']}, {r['licence']})  {status}{used}")
         if r["note"]:
             click.echo(f"    {r['note']}")
         if not r["found"] and r["url"]:
@@ -129,20 +136,29 @@ def inspect_weights(spec: str, path: Path, as_json: bool) -> None:
 
 
 @weights.command("download")
-@click.argument("name")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every known file that has a direct URL.")
 @click.option("--to", "dest", type=click.Path(path_type=Path), default=None,
-              help="Folder to put the file in (default: the user cache folder).")
+              help="Folder to put the files in (default: the user cache folder).")
 @click.option("-q", "--quiet", is_flag=True)
-def download_weights(name: str, dest: Path | None, quiet: bool) -> None:
-    """Download the weights file NAME (when it has a direct URL): resumable, sha256-checked."""
+def download_weights(names: tuple[str, ...], all_: bool, dest: Path | None, quiet: bool) -> None:
+    """Download the weights files NAMES (or --all that have a direct URL): resumable,
+    sha256-checked. Prints each file's path; files already complete are not fetched again."""
     from lbcore.weights import cache_dir, download
 
-    matches = [w for _, w, _ in _entries() if w.name == name]
-    if not matches:
-        known = ", ".join(sorted({w.name for _, w, _ in _entries()})) or "none"
-        raise SpecError(f"unknown weights {name!r} (known: {known})")
-    path = download(matches[0], dest or cache_dir(), progress=not quiet)
-    click.echo(str(path))
+    entries = {w.name: w for _, w, _ in _entries()}
+    if all_ == bool(names):
+        raise SpecError("give weights NAMES or --all (not both); see `lb weights list`")
+    if all_:
+        chosen = [w for w in entries.values() if w.url]
+    else:
+        unknown = [n for n in names if n not in entries]
+        if unknown:
+            raise SpecError(f"unknown weights {unknown[0]!r} (known: {', '.join(sorted(entries)) or 'none'})")
+        chosen = [entries[n] for n in dict.fromkeys(names)]
+    for entry in chosen:
+        path = download(entry, dest or cache_dir(), progress=not quiet)
+        click.echo(str(path))
 
 
 COMMANDS = [weights]

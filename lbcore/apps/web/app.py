@@ -427,9 +427,12 @@ def _results(job: Job) -> dict[str, Any]:
         })
     n_out = sum(1 for f in files if f["download_url"])
     settings = report["settings"]
+    from lbcore.apps.web.words import protected_against
+
     return {
         "results": files,
         "notes": [job.display(n) for n in report.get("notes", [])],
+        "protected_against": protected_against(settings.get("extractors")),
         "zip_url": f"/api/jobs/{job.id}/download" if n_out > 1 else None,
         "settings": {"strength": settings.get("strength"), "robust": settings.get("robust"),
                      "eps": settings.get("eps"), "steps": settings.get("steps"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["describe_record", "compression_label", "extractor_label"]
+__all__ = ["describe_record", "compression_label", "extractor_label", "protected_against"]
 
 _COMPRESSION_LABELS = {
     "jpeg:quality=75": "JPEG re-compression at quality 75 (a typical upload)",
@@ -33,6 +33,26 @@ def compression_label(spec: str) -> str:
 def extractor_label(spec: str) -> str:
     """A short name for an extractor spec (``fan:weights=none,width=16`` -> ``fan``)."""
     return spec.split(":", 1)[0]
+
+
+# What the landmark models behind known weights files are, for people who never heard of them.
+_MODEL_WORDS = {
+    "2dfan4": "2D-FAN4, the landmark model DeepFaceLab, faceswap and FaceFusion use",
+    "fan-demo": "the small demonstration model that ships with this tool",
+}
+
+
+def protected_against(labels: list[str] | None) -> str:
+    """One sentence naming the landmark models a run protected against (``fan (2dfan4)`` ->
+    the model's plain name)."""
+    names = []
+    for label in labels or []:
+        weights = label[label.find("(") + 1:-1] if label.endswith(")") and "(" in label else label
+        names.append(_MODEL_WORDS.get(weights, _MODEL_WORDS.get(label, f"the landmark model {label}")))
+    if not names:
+        return ""
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"Protected against {listed}."
 
 
 def _pct(nme: float) -> str:

@@ -195,7 +195,7 @@
     notes.textContent = `Strength ${s.strength}${s.robust ? ", robust to re-compression" : ""} ` +
       `(at most ${s.eps}/255 per pixel, ${s.steps} steps), done in ${data.seconds} s. ` +
       `A face counts as protected when its landmarks move by more than ${(100 * s.threshold).toFixed(0)}% ` +
-      `of the distance between the outer eye corners. ${extra}`;
+      `of the distance between the outer eye corners. ${data.protected_against || ""} ${extra}`;
     if (data.zip_url) {
       zip.href = data.zip_url;
       zip.hidden = false;
