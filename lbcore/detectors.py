@@ -69,12 +69,9 @@ class DlibHogDetector(Detector):
     """
 
     def __init__(self, upsample: int = 1, threshold: float = 0.3) -> None:
-        try:
-            import dlib
-        except ImportError:
-            from lbcore.errors import LBError
+        from lbcore.errors import need_extra
 
-            raise LBError("the dlib-hog detector needs dlib: pip install dlib-bin") from None
+        dlib = need_extra("dlib", "detect", "the dlib-hog detector")
         self._det = dlib.get_frontal_face_detector()
         self.upsample = upsample
         self.threshold = threshold

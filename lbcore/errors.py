@@ -14,6 +14,8 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LBError(Exception):
     """A user-facing error; ``str(err)`` is one line naming the file or thing and the problem."""
@@ -49,3 +51,21 @@ class InputError(LBError):
     """An input file cannot be read or is not usable (too large, not an image, ...)."""
 
     exit_code = 1
+
+
+class MissingExtraError(LBError):
+    """An optional part of lbcore is used but its package is not installed."""
+
+    exit_code = 3
+
+
+def need_extra(module: str, extra: str, purpose: str) -> Any:
+    """Import ``module`` for ``purpose``, or raise a one-line :class:`MissingExtraError` naming
+    the extra that installs it (``pip install 'lbcore[video]'``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{purpose} needs the Python package {module!r}, which is not installed: "
+                                f"pip install 'lbcore[{extra}]'") from None

@@ -12,5 +12,5 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade pip >/dev/null
 # Pin torch first: an unpinned torch could pull a multi-GB CUDA build. Never torchvision.
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[test,report]" \
+$PIP install -q -e ".[all,test,report]" \
     -e plugins/lb_fan -e plugins/lb_hrnet -e plugins/lb_avssan -e plugins/lb_codecs

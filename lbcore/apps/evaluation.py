@@ -257,9 +257,10 @@ class EvalImage:
 
 def _key_frames(path: Path, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
     """The key frames of a video (``(pts, rgb)``), decoding only those."""
-    import av
-
+    from lbcore.errors import need_extra
     from lbcore.io import probe_video
+
+    av = need_extra("av", "video", "reading video key frames")
 
     probe_video(path, max_frames)  # header checks and one-line errors
     try:

@@ -42,8 +42,10 @@ def serve_cmd(host: str, port: int, max_upload_mb: float, max_files: int, max_fr
     a download button. Uploads live in a private temporary folder that is deleted when the page
     is closed, after --session-ttl seconds idle, and when the server stops (Ctrl+C).
     """
+    from lbcore.errors import SpecError, need_extra
+
+    need_extra("flask", "web", "lb serve")
     from lbcore.apps.web import create_app, is_loopback, make_server
-    from lbcore.errors import SpecError
 
     apply_weights_option(weights)
     logging.basicConfig(level=logging.INFO, format="lb serve: %(message)s")

@@ -84,9 +84,9 @@ def _cv2() -> Any:
 
 
 def _av() -> Any:
-    import av
+    from lbcore.errors import need_extra
 
-    return av
+    return need_extra("av", "video", "reading and writing video")
 
 
 @contextlib.contextmanager
