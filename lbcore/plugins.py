@@ -205,12 +205,18 @@ class PluginManager:
         return comps[name]
 
     def build(self, kind: str, spec: str, **overrides: Any) -> Any:
-        """Build a component from a spec string; ``overrides`` are passed to the factory too."""
+        """Build a component from a spec string; ``overrides`` are passed to the factory too.
+
+        An extractor must declare its landmark scheme (point count and outer eye corners, which
+        normalise every NME); one that does not is refused with one line."""
         name, raw = parse_spec(spec)
         comp = self.get(kind, name)
         params = bind_params(comp.factory, raw, spec)
         params.update(overrides)
-        return comp.factory(**params)
+        built = comp.factory(**params)
+        if kind == "extractors" and callable(getattr(built, "decode", None)):  # an Extractor
+            _check_scheme(name, comp.distribution, built)
+        return built
 
     def build_degradation(self, spec: str) -> Any:
         """Build a degradation or a chain written ``a+b+c`` (``none`` is the identity)."""
@@ -266,6 +272,19 @@ class PluginManager:
         impl = self._hookimpl(plugin_name, hook)
         if impl is not None:
             impl.function(**{k: arguments[k] for k in impl.argnames if k in arguments})
+
+
+def _check_scheme(name: str, dist: str, extractor: Any) -> None:
+    from lbcore.types import LandmarkScheme
+
+    s = getattr(extractor, "scheme", None)
+    if not isinstance(s, LandmarkScheme):
+        raise RegistryError(f"extractor {name!r} ({dist}) declares no landmark scheme: set extractor.scheme to "
+                            "lbcore.schemes.scheme_for(K) or a LandmarkScheme with its outer eye corners")
+    a, b = s.eye_corners
+    if not (0 <= a < s.num_points and 0 <= b < s.num_points and a != b):
+        raise RegistryError(f"extractor {name!r} ({dist}): eye corners {s.eye_corners} are not two points "
+                            f"of its {s.num_points}-point scheme {s.name!r}")
 
 
 def _own_version() -> str:

@@ -34,6 +34,8 @@ from lbcore.types import LandmarkScheme
 __all__ = [
     "WFLW98",
     "IBUG68",
+    "FIVE",
+    "known_scheme",
     "WFLW98_TO_IBUG68",
     "scheme_for",
     "flip_permutation",
@@ -103,18 +105,38 @@ _IBUG68_FLIP = _permutation_from_pairs(
 
 WFLW98 = LandmarkScheme("wflw98", 98, (60, 72), _WFLW98_FLIP)
 IBUG68 = LandmarkScheme("ibug68", 68, (36, 45), _IBUG68_FLIP)
+FIVE = LandmarkScheme("five", 5, (0, 1))
+"""The five keypoints of face detectors (MTCNN, RetinaFace, InsightFace): the two eye centres
+(0, 1), the nose tip (2) and the two mouth corners (3, 4). NME is normalised by the distance
+between the eye centres. No flip order is declared: detectors disagree on which side comes
+first, so a plugin that needs one declares its own scheme."""
 
-_BY_NAME = {WFLW98.name: WFLW98, IBUG68.name: IBUG68}
+_BY_NAME = {WFLW98.name: WFLW98, IBUG68.name: IBUG68, FIVE.name: FIVE}
+_BY_COUNT = {98: WFLW98, 68: IBUG68, 5: FIVE}
+
+
+def known_scheme(num_points: int) -> LandmarkScheme | None:
+    """The known scheme with ``num_points`` points (98, 68 or 5), or None."""
+    return _BY_COUNT.get(int(num_points))
 
 
 def scheme_for(num_points: int) -> LandmarkScheme:
-    """The scheme for a point count (98 -> WFLW, 68 -> iBUG); others get a generic scheme
-    whose eye corners are the first two points."""
-    if num_points == 98:
-        return WFLW98
-    if num_points == 68:
-        return IBUG68
-    return LandmarkScheme(f"custom{num_points}", num_points, (0, min(1, num_points - 1)))
+    """The scheme for a point count: 98 -> WFLW, 68 -> iBUG, 5 -> the detectors' five keypoints.
+
+    Any other count is refused: its outer eye corners (which normalise every NME) cannot be
+    guessed. An extractor with another layout declares its own :class:`LandmarkScheme`, e.g.
+    ``LandmarkScheme("helen194", 194, eye_corners=(114, 134))``.
+
+    Raises:
+        SpecError: no scheme is known for ``num_points``.
+    """
+    found = known_scheme(num_points)
+    if found is None:
+        raise SpecError(
+            f"no landmark scheme is known for {num_points} points (known: 98 WFLW, 68 iBUG, 5 keypoints); "
+            f"declare one: LandmarkScheme(name, {num_points}, eye_corners=(i, j))"
+        )
+    return found
 
 
 def _as_scheme(scheme: LandmarkScheme | str | int) -> LandmarkScheme:

@@ -120,3 +120,45 @@ def test_real_face_mirrors_onto_itself(shared, name):
 
     assert mirror_error(perm) < 0.25
     assert mirror_error(np.arange(68)) > 0.6
+
+
+def test_unknown_point_count_is_refused_not_guessed():
+    from lbcore.schemes import FIVE, known_scheme
+
+    with pytest.raises(SpecError) as ei:
+        scheme_for(66)
+    msg = str(ei.value)
+    assert "66 points" in msg and "eye_corners" in msg and "\n" not in msg
+    assert known_scheme(66) is None and scheme_for(5) is FIVE and FIVE.eye_corners == (0, 1)
+
+
+def test_extractor_without_a_usable_scheme_is_refused_when_built():
+    from lbcore.errors import RegistryError
+    from lbcore.plugins import PluginManager
+    from lbcore.types import LandmarkScheme
+
+    class NoScheme:
+        def decode(self, out):  # looks like an extractor, declares nothing
+            return out
+
+    class BadCorners(NoScheme):
+        scheme = LandmarkScheme("odd", 4, (2, 2))
+
+    class Plugin:
+        @staticmethod
+        def register_extractors(register):
+            register("no-scheme", NoScheme)
+            register("bad-corners", BadCorners)
+            register("needs-66", lambda: scheme_for(66))
+
+    from lbcore import hookimpl
+
+    Plugin.register_extractors = hookimpl(Plugin.register_extractors)  # type: ignore[method-assign]
+    pm = PluginManager(load_entry_points=False)
+    pm.add_plugin(Plugin, name="odd", distribution="lb-odd")
+    with pytest.raises(RegistryError, match="'no-scheme' .* declares no landmark scheme"):
+        pm.build("extractors", "no-scheme")
+    with pytest.raises(RegistryError, match=r"eye corners \(2, 2\)"):
+        pm.build("extractors", "bad-corners")
+    with pytest.raises(SpecError, match="no landmark scheme is known for 66 points"):
+        pm.build("extractors", "needs-66")

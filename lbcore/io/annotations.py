@@ -72,9 +72,9 @@ Format = Literal["auto", "pts", "wflw", "dlib-xml"]
 def _scheme_of(landmarks: np.ndarray | None) -> LandmarkScheme | None:
     if landmarks is None:
         return None
-    from lbcore.schemes import scheme_for
+    from lbcore.schemes import known_scheme
 
-    return scheme_for(int(landmarks.shape[0]))
+    return known_scheme(int(landmarks.shape[0]))  # None: a layout this project does not know
 
 
 @attrs.define(eq=False)
