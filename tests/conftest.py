@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -199,3 +200,19 @@ def _write_audio_only(path: Path, samples: int = 24000) -> Path:
 def write_audio_only():
     """Writes an audio-only MP4: ``write_audio_only(path)``."""
     return _write_audio_only
+
+
+def _run_checked(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120,
+                 ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; unless ``ok=False``, fail with its output's tail when it exits non-zero."""
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args[:5])}... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_checked():
+    """``run_checked(args, env, cwd, timeout=120, ok=True)``: a subprocess that must succeed."""
+    return _run_checked

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sysconfig
 import venv
 from pathlib import Path
@@ -34,16 +33,9 @@ def _is_extra(name: str) -> bool:
     return stem in EXTRAS or stem == "dlib_bin"
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240,
-         ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:5])}... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory):
+def bare(tmp_path_factory: pytest.TempPathFactory, run_checked):
+    _run = run_checked
     work = tmp_path_factory.mktemp("bare_core")
     mirror = work / "mirror"
     mirror.mkdir()
@@ -70,8 +62,9 @@ def bare(tmp_path_factory: pytest.TempPathFactory):
     return python, env, work
 
 
-def test_the_bare_core_runs_the_research_path_with_a_third_party_plugin(bare):
+def test_the_bare_core_runs_the_research_path_with_a_third_party_plugin(bare, run_checked):
     python, env, work = bare
+    _run = run_checked
     # the extras really are absent, the core's own dependencies present
     probe = _run([str(python), "-c", "import importlib.util as u; print([m for m in ('av', 'flask', 'dlib', "
                   "'lb_fan', 'torch', 'pluggy', 'cv2', 'skimage', 'PIL') if u.find_spec(m)])"], env, work).stdout
@@ -89,7 +82,8 @@ def test_the_bare_core_runs_the_research_path_with_a_third_party_plugin(bare):
     photo = work / "photo.png"
     cv2.imwrite(str(photo), cv2.resize(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8), (96, 96)))
     out = _run([str(python), "-m", "lbcore", "attack", str(photo), "-o", str(work / "out"), "--box", "16,16,80,80",
-                "--extractor", "example-regressor", "--steps", "3", "--device", "cpu", "--json"], env, work).stdout
+                "--extractor", "example-regressor", "--steps", "3", "--device", "cpu", "--json"], env, work,
+               timeout=300).stdout
     assert '"linf"' in out and (work / "out" / "photo.png").is_file()
 
 
@@ -98,8 +92,9 @@ def test_the_bare_core_runs_the_research_path_with_a_third_party_plugin(bare):
     (["protect", "{video}", "-o", "{out}", "--box", "1,1,20,20", "--extractor", "example-regressor"], "video"),
     (["attack", "{photo}", "-o", "{out}", "--detector", "dlib-hog", "--extractor", "example-regressor"], "detect"),
 ])
-def test_a_missing_extra_is_one_line_naming_it(bare, args, extra):
+def test_a_missing_extra_is_one_line_naming_it(bare, run_checked, args, extra):
     python, env, work = bare
+    _run = run_checked
     video = work / "clip.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(64))
     photo = work / "face.png"
@@ -107,7 +102,7 @@ def test_a_missing_extra_is_one_line_naming_it(bare, args, extra):
 
     cv2.imwrite(str(photo), np.full((40, 40, 3), 128, np.uint8))
     args = [a.format(video=video, photo=photo, out=work / f"out-{extra}") for a in args]
-    proc = _run([str(python), "-m", "lbcore", *args], env, work, ok=False)
+    proc = _run([str(python), "-m", "lbcore", *args], env, work, timeout=300, ok=False)
     text = proc.stdout + proc.stderr
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert proc.returncode != 0 and f"lbcore[{extra}]" in text, text

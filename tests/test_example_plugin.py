@@ -27,13 +27,6 @@ EXAMPLE = ROOT / "examples" / "lb_example_regressor"
 BOX = (30.0, 26.0, 110.0, 118.0)
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:4])}... exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def fresh_env(tmp_path_factory: pytest.TempPathFactory):
     """A new venv that sees this environment's packages; yields ``(python, env, workdir)``."""
@@ -57,7 +50,7 @@ def fresh_env(tmp_path_factory: pytest.TempPathFactory):
     return python, env, work, site, src
 
 
-def _plugins(python: Path, env: dict[str, str], work: Path) -> dict[str, dict]:
+def _plugins(python: Path, env: dict[str, str], work: Path, _run) -> dict[str, dict]:
     out = _run([str(python), "-m", "lbcore", "plugins", "--json"], env, work).stdout
     return {d["name"]: d for d in json.loads(out)}
 
@@ -86,9 +79,10 @@ def _write_face(folder: Path) -> Path:
     return path
 
 
-def test_install_use_and_uninstall_the_example_plugin(fresh_env):
+def test_install_use_and_uninstall_the_example_plugin(fresh_env, run_checked):
+    _run = run_checked
     python, env, work, site, src = fresh_env
-    before = _plugins(python, env, work)
+    before = _plugins(python, env, work, _run)
     assert "lbcore" in before and "lb-example-regressor" not in before
 
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)], env, work,
@@ -96,7 +90,7 @@ def test_install_use_and_uninstall_the_example_plugin(fresh_env):
     assert any(p.name.startswith("lb_example_regressor-0.1.0") for p in site.glob("*.dist-info"))
 
     # lb plugins --json: the example is a distribution like the first-party ones
-    report = _plugins(python, env, work)
+    report = _plugins(python, env, work, _run)
     example = report["lb-example-regressor"]
     assert example["version"] == "0.1.0"
     assert example["components"]["extractors"] == ["example-regressor"]
@@ -162,7 +156,7 @@ def test_install_use_and_uninstall_the_example_plugin(fresh_env):
          env, src, timeout=180)
 
     _run([str(python), "-m", "pip", "uninstall", "-y", "-q", "lb-example-regressor"], env, work)
-    after = _plugins(python, env, work)
+    after = _plugins(python, env, work, _run)
     assert "lb-example-regressor" not in after and set(after) == set(before)
     failed = subprocess.run([str(python), "-m", "lbcore", "attack", str(face), "-o", str(work / "gone"),
                              "--box", box, "--extractor", "example-regressor"],
