@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["export_network", "regressor_description", "main"]
+__all__ = ["export_network", "export_module", "regressor_description", "main"]
 
 
 class _FANHead(torch.nn.Module):
@@ -48,20 +48,25 @@ def _network(extractor: Any) -> tuple[torch.nn.Module, int]:
     raise ValueError(f"no ONNX export recipe for {name} (known: FANExtractor, CoordinateRegressor)")
 
 
+def export_module(module: torch.nn.Module, path: str | Path, size: int, *, dynamic: bool = True,
+                  outputs: tuple[str, ...] = ("output",), opset: int = 17) -> Path:
+    """``torch.onnx.export`` (TorchScript exporter) of a module taking ``(N, 3, size, size)``;
+    ``dynamic=False`` fixes the batch to 1, as many published files do."""
+    import warnings
+
+    x = torch.zeros(2 if dynamic else 1, 3, size, size)
+    axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}} if dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
+        torch.onnx.export(module.eval(), (x,), str(path), dynamo=False, input_names=["input"],
+                          output_names=list(outputs), dynamic_axes=axes, opset_version=opset)
+    return Path(path)
+
+
 def export_network(extractor: Any, path: str | Path, *, dynamic_batch: bool = True, opset: int = 17) -> Path:
     """Write the extractor's network to ``path`` with ``torch.onnx.export`` (TorchScript exporter)."""
     net, size = _network(extractor)
-    net = net.eval()
-    x = torch.zeros(2 if dynamic_batch else 1, 3, size, size)
-    out = Path(path)
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    import warnings
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
-        torch.onnx.export(net, (x,), str(out), dynamo=False, input_names=["input"], output_names=["output"],
-                          dynamic_axes=axes, opset_version=opset)
-    return out
+    return export_module(net, path, size, dynamic=dynamic_batch, opset=opset)
 
 
 def regressor_description(extractor: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -39,17 +38,3 @@ def regressor():
         sys.path.insert(0, str(path))
     model = pytest.importorskip("lb_example_regressor.model")
     return model.CoordinateRegressor(seed=3).eval()
-
-
-def export_module(module: torch.nn.Module, path: Path, size: int, dynamic: bool = True,
-                  outputs: tuple[str, ...] = ("output",)) -> Path:
-    """``torch.onnx.export`` of a small module taking ``(N, 3, size, size)``."""
-    import warnings
-
-    x = torch.zeros(1 if not dynamic else 2, 3, size, size)
-    axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), str(path), dynamo=False, input_names=["input"],
-                          output_names=list(outputs), dynamic_axes=axes, opset_version=17)
-    return path
