@@ -162,13 +162,15 @@ def mtcnn_onet(weights: str = "auto", square: bool = True) -> Any:
     """MTCNN's ONet (48x48 crop of the squared box -> 5 points), from facenet-pytorch's onet.pt.
 
     Args:
-        weights: ``auto`` (the cache folder, see ``lb weights list``), or a path to ``onet.pt``.
+        weights: ``auto`` (the cache folder, see ``lb weights list``), ``none`` (random
+            initialisation, e.g. for ``lb bench``), or a path to ``onet.pt``.
         square: square the box first, as MTCNN does before its output stage.
     """
     from lb_onnx.mtcnn import ONetExtractor
 
     ext = ONetExtractor(square=square)
-    ext.load_weights(_resolve(weights, ONET_WEIGHTS))
+    if str(weights).strip().lower() != "none":
+        ext.load_weights(_resolve(weights, ONET_WEIGHTS))
     return ext.eval()
 
 

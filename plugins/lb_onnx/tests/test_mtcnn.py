@@ -56,6 +56,12 @@ def test_points_are_placed_in_the_square_window(tmp_path):
     assert torch.allclose(lm, want, atol=1e-4)
 
 
+def test_weights_none_is_a_random_onet(fresh_pm):
+    ext = fresh_pm.build("extractors", "mtcnn-onet:weights=none")
+    assert ext.scheme.num_points == 5
+    check_extractor(ext)
+
+
 def test_refuses_a_file_that_does_not_fit(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, path)
