@@ -88,13 +88,14 @@ def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
 
     Demonstration models (registered with ``demo=True``) are used only when no extractor with
     real (published or user-given) weights is usable: published checkpoints take over.
+    Extractors registered with ``default=False`` are left out (used only when named).
 
     Returns ``(usable, notes)``: the built extractors by name, and why others were left out.
     """
     from lbcore.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    comps = pm.components("extractors")
+    comps = {n: c for n, c in pm.components("extractors").items() if c.metadata.get("default", True)}
     real = [n for n, c in comps.items() if not c.metadata.get("demo")]
     demo = [n for n, c in comps.items() if c.metadata.get("demo")]
     usable, notes = _usable(pm, real)

@@ -23,7 +23,7 @@ import torch
 
 from lbcore.errors import WeightsError
 
-__all__ = ["import_onnx2torch", "read_onnx", "fold_initializer_identities", "unsupported_ops", "graph_input", "to_torch", "MAX_BYTES"]
+__all__ = ["import_onnx2torch", "read_onnx", "fold_initializer_identities", "resolve_same_padding", "unsupported_ops", "graph_input", "to_torch", "MAX_BYTES"]
 
 MAX_BYTES = 1 << 30
 """Refuse ONNX files larger than this (landmark networks are a few MB to a few hundred)."""
@@ -106,6 +106,51 @@ def fold_initializer_identities(model: Any) -> int:
     return folded
 
 
+def resolve_same_padding(model: Any) -> Any:
+    """``auto_pad=SAME_UPPER/SAME_LOWER`` (Keras/TF exports) -> explicit ``pads``.
+
+    The converter knows only explicit padding. With the input sizes from ONNX shape inference
+    (the image input has a fixed size), each such Conv/MaxPool/AveragePool gets the pads that
+    keep ``ceil(in / stride)`` outputs, the extra pixel at the end (UPPER) or start (LOWER).
+    Returns the (possibly new) model; nodes whose input size is unknown are left as they are.
+    """
+    import onnx
+    from onnx import helper
+
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "MaxPool", "AveragePool")
+             and any(a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
+    if not nodes:
+        return model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return model
+    shapes: dict[str, list[int]] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info]:
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in nodes:
+        spatial = shapes.get(node.input[0], [])[2:]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = attrs.get("kernel_shape") or inits.get(node.input[1] if len(node.input) > 1 else "", [])[2:]
+        if not spatial or 0 in spatial or len(kernel) != len(spatial):
+            continue
+        strides = attrs.get("strides") or [1] * len(spatial)
+        dil = attrs.get("dilations") or [1] * len(spatial)
+        begin, end = [], []
+        for size, k, st, d in zip(spatial, kernel, strides, dil, strict=True):
+            out = -(-size // st)
+            total = max((out - 1) * st + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            upper = attrs["auto_pad"] == b"SAME_UPPER"
+            begin.append(small if upper else big)
+            end.append(big if upper else small)
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend([*keep, helper.make_attribute("pads", begin + end)])
+    return model
+
+
 def unsupported_ops(model: Any) -> list[str]:
     """``op (domain, opset N)`` of every node type the converter cannot turn into torch."""
     import_onnx2torch()
@@ -142,8 +187,9 @@ def graph_input(model: Any) -> tuple[str, list[int | str]]:
     return inputs[0].name, dims
 
 
-def to_torch(path: str | Path, input_size: int) -> tuple[torch.nn.Module, int | None]:
-    """The ONNX file at ``path`` as an eval-mode torch module, checked against a square input.
+def to_torch(path: str | Path, input_size: int, layout: str = "nchw") -> tuple[torch.nn.Module, int | None]:
+    """The ONNX file at ``path`` as an eval-mode torch module, checked against a square input
+    in ``layout`` (``nchw``, ``nhwc`` or ``nwhc``).
 
     Returns:
         The module and the batch size it is fixed to (``None`` when the batch is free).
@@ -159,18 +205,21 @@ def to_torch(path: str | Path, input_size: int) -> tuple[torch.nn.Module, int | 
         name, dims = graph_input(model)
     except WeightsError as err:
         raise WeightsError(f"{p}: {err}") from None
+    order = {"nchw": ("channels", "height", "width"), "nhwc": ("height", "width", "channels"),
+             "nwhc": ("width", "height", "channels")}[layout]
+    expect = {"channels": 3, "height": input_size, "width": input_size}
+    text = "(" + ", ".join(["N", *(str(expect[w]) for w in order)]) + f") [{layout.upper()}]"
     if len(dims) != 4:
-        raise WeightsError(f"{p}: input {name!r} has shape {dims}, expected 4 dimensions (N, 3, H, W)")
-    want = [3, input_size, input_size]
-    for got, exp, what in zip(dims[1:], want, ("channels", "height", "width"), strict=True):
-        if isinstance(got, int) and got not in (0, exp):
-            raise WeightsError(f"{p}: input {name!r} has shape {dims}: {what} {got}, the description "
-                               f"says (N, 3, {input_size}, {input_size})")
+        raise WeightsError(f"{p}: input {name!r} has shape {dims}, the description says {text}")
+    for got, what in zip(dims[1:], order, strict=True):
+        if isinstance(got, int) and got not in (0, expect[what]):
+            raise WeightsError(f"{p}: input {name!r} has shape {dims}: {what} {got}, the description says {text}")
     bad = unsupported_ops(model)
     if bad:
         raise WeightsError(f"{p}: unsupported ONNX operators: {', '.join(bad)}")
     onnx2torch = import_onnx2torch()
     fold_initializer_identities(model)
+    model = resolve_same_padding(model)
     try:
         module = onnx2torch.convert(model)
     except Exception as err:

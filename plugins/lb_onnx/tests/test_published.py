@@ -134,3 +134,62 @@ def test_weights_list_shows_them(tmp_path):
     assert rows["2dfan4-onnx"]["extractor"] == "2dfan4-onnx" and rows["2dfan4-onnx"]["found"] is None
     assert rows["peppa-wutz"]["url"].endswith("peppa_wutz.onnx")
     assert rows["mtcnn-onet"]["sha256"]
+
+
+def test_none_of_them_joins_the_default_protect_set(fresh_pm, tmp_path, monkeypatch):
+    """Used only when named: setup.sh puts onet.pt into the cache, and an ONNX file has no
+    random initialisation for `lb bench`."""
+    from lbcore.protection import default_extractor_specs
+
+    (tmp_path / "cache" / "landmark-breaker").mkdir(parents=True)
+    monkeypatch.setenv("LB_WEIGHTS_DIR", str(tmp_path))
+    for name in ("onnx", "2dfan4-onnx", "peppa-wutz", "2d106det", "mtcnn-onet", "mtcnn-onet-onnx"):
+        assert fresh_pm.get("extractors", name).metadata["default"] is False
+    usable, notes = default_extractor_specs(fresh_pm)
+    assert not set(usable) & {"mtcnn-onet", "onnx"}
+    assert not any(n.startswith(("onnx:", "mtcnn-onet:")) for n in notes)
+
+
+def test_keras_export_layout_and_same_padding(tmp_path):
+    """A graph like MTCNN's Keras-born ONNX: transposed NHWC input (x before y), SAME_UPPER
+    max-pooling, planar (all x, then all y) coordinates."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lb_onnx.convert import to_torch
+    from lb_onnx.description import description_from_mapping
+    from lb_onnx.plugin import build_onnx_extractor
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 5, 5, 3])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 3, 3])
+    nodes = [helper.make_node("Transpose", ["input"], ["t"], perm=[0, 3, 2, 1]),
+             helper.make_node("MaxPool", ["t"], ["output"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 12)])
+    path = tmp_path / "same.onnx"
+    onnx.save(model, str(path))
+    net, _ = to_torch(path, 5, "nwhc")
+    inp = torch.randn(1, 5, 5, 3)
+    ref = torch.nn.functional.max_pool2d(
+        torch.nn.functional.pad(inp.permute(0, 3, 2, 1), (0, 1, 0, 1), value=float("-inf")), 2, 2)
+    assert torch.equal(net(inp), ref)
+    with pytest.raises(WeightsError) as err:
+        to_torch(path, 5, "nchw")
+    assert "[NCHW]" in str(err.value)
+
+    class Planar(torch.nn.Module):
+        def forward(self, t):  # (N, W, H, 3): 2 points, x then y, in window fractions
+            base = torch.tensor([0.25, 0.75, 0.5, 0.5]).expand(t.shape[0], 4)
+            return base + 1e-6 * t.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    path2 = export_module(Planar(), tmp_path / "planar.onnx", 48)  # exported NCHW-shaped, fine for a mean
+    desc = description_from_mapping({
+        "points": 2, "eye_corners": [0, 1], "input_size": 48, "crop": {"side": "max", "align": "area", "supersample": 2},
+        "normalise": {"divide": 1.0, "mean": 127.5, "std": 128.0},
+        "decode": {"kind": "coords", "coords_layout": "planar", "coords_scale": 48.0, "coords_shift": -0.5,
+                   "heatmap_output": "none"}})
+    ext = build_onnx_extractor(str(path2), desc)
+    lm = _predict(ext)
+    side = max(BOX[2] - BOX[0], BOX[3] - BOX[1])
+    cx, cy = (BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2
+    want = np.array([[cx - side / 4, cy], [cx + side / 4, cy]])
+    assert np.allclose(lm, want, atol=1e-2)
