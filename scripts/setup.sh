@@ -14,3 +14,7 @@ $PIP install -q --upgrade pip >/dev/null
 $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[all,test,report]" \
     -e plugins/lb_fan -e plugins/lb_hrnet -e plugins/lb_avssan -e plugins/lb_codecs
+# lb-onnx: onnx2torch without its torchvision requirement (only two operators need it), and
+# MTCNN's ONet weights from the facenet-pytorch wheel into the weights cache (sha256-checked).
+$PIP install -q "onnx>=1.14" && $PIP install -q --no-deps "onnx2torch==1.5.15" && $PIP install -q -e plugins/lb_onnx
+.venv/bin/python plugins/lb_onnx/scripts/fetch_onet.py

@@ -360,7 +360,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     if not options.batches or min(options.batches) < 1:
         raise SpecError("batch sizes must be positive")
     specs = list(options.extractors) or [
-        f"{n}:weights=none" for n, c in pm.components("extractors").items() if not c.metadata.get("demo")]
+        f"{n}:weights=none" for n, c in pm.components("extractors").items()
+        if not c.metadata.get("demo") and c.metadata.get("default", True)]
     if not specs:
         raise SpecError("no extractor installed to benchmark (install lb-fan, lb-hrnet or lb-avssan)")
     perf = Performance(amp=amp, channels_last=options.channels_last, compile=options.compile)
