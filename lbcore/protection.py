@@ -169,6 +169,8 @@ class _Run:
             eot=ROBUST_EOT if options.robust else None,
         )
         self.detector = None if options.boxes else self.pm.build("detectors", options.detector)
+        if getattr(self.detector, "note", None):  # `auto` fell back to a weaker detector
+            self.notes.append(str(self.detector.note))
         self.store = ResultStore({**options.settings(), "extractors": specs}, force=options.force)
         self.checks: dict[str, Any] = {}
         if options.check_compression:
