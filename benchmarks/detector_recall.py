@@ -35,9 +35,7 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
-if not DEFAULT_DATA.is_dir():
-    DEFAULT_DATA = Path("/work/shared/data")
+DEFAULT_DATA = Path(os.environ.get("LB_SHARED_DIR", HERE.parent.parent / "shared")) / "data"
 DETECTORS = ["haar", "dlib-hog", "dlib-cnn", "hog-cnn", "auto"]
 FOLDERS = ["faces68", "dlib_faces", "photos"]
 
