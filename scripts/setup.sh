@@ -14,3 +14,6 @@ $PIP install -q --upgrade pip >/dev/null
 $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[test,report]" \
     -e plugins/lb_fan -e plugins/lb_hrnet -e plugins/lb_avssan -e plugins/lb_codecs
+# dlib's CNN face detector model (mmod_human_face_detector.dat) for the default face detector
+# (`auto` = hog-cnn); without it `auto` falls back to dlib-hog and says so
+$PIP install -q "face-recognition-models>=0.3"

@@ -132,3 +132,12 @@ def test_hog_cnn_finds_every_annotated_face_of_faces68_and_nothing_else(shared: 
         assert len(boxes) == 1 + unannotated.get(image.name, 0), f"{image.name}: {boxes.tolist()}"
         if image.name == "einstein.jpg":
             assert not any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in hog(rgb))
+
+
+@needs_model
+@pytest.mark.parametrize("spec", ["hog-cnn", "dlib-cnn:max_side=256"])
+def test_the_new_detectors_meet_the_detector_contract(spec: str, hog_cnn):
+    from lbcore.testing import check_detector
+
+    det = hog_cnn if spec == "hog-cnn" else get_plugin_manager().build("detectors", spec)
+    check_detector(det)
