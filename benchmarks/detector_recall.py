@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 tot["false"] += false
                 if args.verbose and (false or found["annotated"] + found[_REQUIRED]
                                      < sum(f.kind in ("annotated", _REQUIRED) for f in truth[key])):
-                    print(f"  {spec} {key}: found {found}, false alarms {false}, boxes {boxes[spec][key]}")
+                    print(f"  [{spec}] {key}: found {found}, false alarms {false}, boxes {boxes[spec][key]}")
             rows.append({"detector": spec, "folder": folder, "photos": len(keys), **tot,
                          "s_per_photo": round(secs / max(len(keys), 1), 3),
                          "cpu_s_per_photo": round(cpu / max(len(keys), 1), 3)})
