@@ -141,3 +141,18 @@ def test_the_new_detectors_meet_the_detector_contract(spec: str, hog_cnn):
 
     det = hog_cnn if spec == "hog-cnn" else get_plugin_manager().build("detectors", spec)
     check_detector(det)
+
+
+@pytest.mark.skipif(not HAVE_DLIB, reason="needs dlib (dlib-bin)")
+def test_protect_reports_autos_fallback_in_its_notes(tiny_plugin, fresh_pm, tmp_path: Path, monkeypatch):
+    import cv2
+
+    import lbcore
+
+    monkeypatch.setattr(detectors, "mmod_model_path", lambda: None)
+    yy, xx = np.mgrid[0:60, 0:80]
+    cv2.imwrite(str(tmp_path / "plain.png"), np.stack([xx, yy, xx + yy], -1).astype(np.uint8))
+    rep = lbcore.protect([tmp_path / "plain.png"], tmp_path / "out", extractors=("tiny:points=68",), steps=1,
+                         check_compression=False, device="cpu")
+    assert rep["files"][0]["status"] == "unchanged"
+    assert any("using dlib-hog" in n for n in rep["notes"]), rep["notes"]
