@@ -18,3 +18,6 @@ $PIP install -q -e ".[all,test,report]" \
 # MTCNN's ONet weights from the facenet-pytorch wheel into the weights cache (sha256-checked).
 $PIP install -q "onnx>=1.14" && $PIP install -q --no-deps "onnx2torch==1.5.15" && $PIP install -q -e plugins/lb_onnx
 .venv/bin/python plugins/lb_onnx/scripts/fetch_onet.py
+# dlib's CNN face detector model (mmod_human_face_detector.dat) for the default face detector
+# (`auto` = hog-cnn); without it `auto` falls back to dlib-hog and says so
+$PIP install -q "face-recognition-models>=0.3"

@@ -252,6 +252,9 @@ class _Run:
             eot=ROBUST_EOT if options.robust else None,
         )
         self.detector = None if options.boxes else self.pm.build("detectors", options.detector)
+        note = getattr(self.detector, "note", None)  # `auto` fell back to a weaker detector
+        if note:
+            self.notes.append(str(note))
         self.store = ResultStore({**options.settings(), "extractors": specs}, force=options.force)
         self.checks: dict[str, Any] = {}
         if options.check_compression:

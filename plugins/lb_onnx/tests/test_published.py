@@ -139,7 +139,7 @@ def test_weights_list_shows_them(tmp_path):
 def test_none_of_them_joins_the_default_protect_set(fresh_pm, tmp_path, monkeypatch):
     """Used only when named: setup.sh puts onet.pt into the cache, and an ONNX file has no
     random initialisation for `lb bench`."""
-    from lbcore.protection import default_extractor_specs
+    from lbcore.apps.protection import default_extractor_specs
 
     (tmp_path / "cache" / "landmark-breaker").mkdir(parents=True)
     monkeypatch.setenv("LB_WEIGHTS_DIR", str(tmp_path))
