@@ -131,6 +131,43 @@ def test_fast_ssim_w_equals_synthesis_ssim_w(shared):
     assert full["ssim_w"] < 0.99
 
 
+# --------------------------------------------------------------------------- data folders
+
+
+def test_a_folder_uses_the_annotation_files_inside_it(shared, tmp_path):
+    from lbcore.apps.evaluation import EvaluateOptions, load_dataset
+    from lbcore.io.annotations import load_annotations
+
+    folder = shared / "data" / "dlib_faces"
+    xmls = sorted(folder.glob("*.xml"))
+    want = sum(len(load_annotations(x, "dlib-xml")) for x in xmls)
+    images, faces, notes = load_dataset([folder], EvaluateOptions())  # no detector: every face annotated
+    assert len(faces) == want and all(f.landmarks is not None and f.landmarks.shape == (68, 2) for f in faces)
+    assert len(images) == len(list(folder.glob("*.jpg")))
+    (note,) = [n for n in notes if "ground truth from" in n]
+    assert all(x.name in note for x in xmls) and "0 image(s) without annotation" in note
+
+    # a .pts beside an image wins over a list; a .txt that is not a WFLW list is ignored
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for img in sorted(folder.glob("*.jpg"))[:2]:
+        (mixed / img.name).symlink_to(img)
+    recs = [r for x in xmls for r in load_annotations(x, "dlib-xml") if r.image_path.parent == folder]
+    from lbcore.io.annotations import write_dlib_xml, write_pts
+
+    first = next(r for r in recs if r.image_path.name == sorted(folder.glob("*.jpg"))[0].name)
+    write_pts(mixed / first.image_path.with_suffix(".pts").name, first.landmarks + 1.0)
+    kept = [r.__class__(mixed / r.image_path.name, r.box, r.landmarks, r.scheme, r.attributes, r.source)
+            for r in recs if (mixed / r.image_path.name).exists()]
+    write_dlib_xml(mixed / "faces.xml", kept)
+    (mixed / "README.txt").write_text("not an annotation list\n")
+    images, faces, notes = load_dataset([mixed], EvaluateOptions())
+    assert len(images) == 2
+    pts_face = [f for f in faces if images[f.image].name.endswith(first.image_path.name)]
+    assert len(pts_face) == 1 and np.allclose(pts_face[0].landmarks, first.landmarks + 1.0)
+    assert any("faces.xml ignored" in n for n in notes)
+
+
 # --------------------------------------------------------------------------- the command
 
 
