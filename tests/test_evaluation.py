@@ -126,8 +126,12 @@ def test_fast_ssim_w_equals_synthesis_ssim_w(shared):
     swapper = train_autoencoder([(big, lm)], [(big, lm)], steps=2, size=32, width=8, bottleneck=32)
     full = ssim_w(big, adv, lm, lm_adv, swapper, box).as_dict()
     fast = fast_ssim_w(big, adv, lm, lm_adv, swapper, box)
-    for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod"):
-        assert fast[k] == pytest.approx(full[k], abs=1e-5), k
+    # the same up to OpenCV's fixed-point (1/32 px) warp coordinates, which round differently
+    # when the frame moves by an integer offset
+    for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod",
+              "ssim_w_masked_image"):
+        assert fast[k] == pytest.approx(full[k], abs=5e-4), k
+    assert fast["failure"] is None and full["failure"] is None
     assert full["ssim_w"] < 0.99
 
 
@@ -263,7 +267,7 @@ def test_evaluate_command_builds_the_papers_tables(shared, models, tmp_path, mon
 
 
 def test_interrupted_run_resumes_and_is_deterministic(shared, tiny_plugin, fresh_pm, tmp_path, monkeypatch):
-    from lbcore import evaluation
+    from lbcore.apps import evaluation
     from lbcore.apps.evaluation import EvaluateOptions, evaluate
 
     data = [shared / "data" / "faces68" / "takeo.pts"]

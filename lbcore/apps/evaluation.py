@@ -550,9 +550,10 @@ def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv
                 swapper: Any, box: np.ndarray) -> dict[str, Any]:
     """:func:`lbcore.apps.synthesis.ssim_w` (figures only), computed on the part of the image that
     the synthesis and the SSIM can touch: the face box with the SSIM window's margin and both
-    alignment crops' footprints. Exact: the synthesised pixels there do not change, the aligned
-    figures only see the clean alignment crop, and the paper's masked SSIM is rescaled to the full
-    image (see :func:`uncrop_masked_ssim`)."""
+    alignment crops' footprints. The same figures: the synthesised pixels there do not change (up
+    to OpenCV's 1/32-px fixed-point warp coordinates), the aligned figures only see the clean
+    alignment crop, and the paper's masked SSIM is rescaled to the full image (see
+    :func:`uncrop_masked_ssim`)."""
     from lbcore.apps.synthesis import alignment_matrix, ssim_w
 
     size, pad = swapper.size, swapper.padding
@@ -989,9 +990,6 @@ def evaluate(
     except LBError as err:
         say(f"no face detector ({err}); only annotated faces can be used")
     images, faces, notes = load_dataset(data, options, detector)
-    for note in notes:
-        if ": ground truth from " in note:
-            say(note)
     run = _Evaluation(options, images, faces, out, pm, notes, say)
     settings = run.settings()
     settings_hash = _hash(settings)
