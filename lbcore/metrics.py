@@ -20,8 +20,9 @@ SSIM
     the channel results are averaged (skimage's ``channel_axis`` convention), not on luminance.
 
 Face-region SSIM (the headline SSIM_I and SSIM_W of ``lb evaluate``)
-    Both images are resampled into the same ``FACE_SSIM_SIZE`` x ``FACE_SSIM_SIZE`` crop of the
-    face (the face box for SSIM_I, the face-swap alignment of the clean landmarks for SSIM_W)
+    Both images are resampled into the same fixed-size crop of the face (SSIM_I: the face box at
+    ``FACE_SSIM_SIZE`` px; SSIM_W: the face-swap alignment of the clean landmarks at the swap
+    model's resolution, see :mod:`lbcore.apps.synthesis`)
     and the SSIM map is averaged over that crop, optionally weighted (SSIM_W: the union of the
     two blend masks). A face's size in the frame then does not change the figure; the paper's
     whole-image mask-SSIM below rewards every identical zero outside the face, so a small face

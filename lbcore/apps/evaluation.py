@@ -21,7 +21,7 @@ The pipeline of the paper's Fig. 2, for every combination the tables need:
   for comparison), PSNR in the face box, and SSIM_W - the DeepFake synthesised from the clean
   image with the target's clean landmarks against the one synthesised from the degraded
   adversarial image with the target's landmarks on it, on the face-swap alignment crop of the
-  clean landmarks (:func:`lbcore.apps.synthesis.ssim_w`, variant ``aligned``; the paper's
+  clean landmarks at the swap model's resolution (:func:`lbcore.apps.synthesis.ssim_w`, variant ``aligned``; the paper's
   whole-image figure is ``ssim_w_masked_image``), with its controls: the identity round
   trip (align, no autoencoder, warp back: ``ssim_identity``), the adversarial image
   synthesised with the clean landmarks (``ssim_w_clean_landmarks``) and the ideal-alignment
@@ -626,7 +626,7 @@ METRIC_DOCS: dict[str, str] = {
     "ssim_i_masked_image": "SSIM_I as the paper measures it (mask-SSIM): whole-image SSIM of both images multiplied by the face-box mask; near 1 for a small face in a large frame whatever happens in the box",
     "ssim_i_mask_mean": "SSIM_I, mask-mean variant: the SSIM map of the two images averaged over the face box only (stricter)",
     "psnr": "PSNR (dB) of the (degraded) adversarial image against the clean one inside the face box; 'inf' when identical",
-    "ssim_w": "SSIM_W (the tables use this one): the DeepFake of the clean image (target's clean landmarks) against the DeepFake of the (degraded) adversarial image (target's landmarks on it), both resampled into the 256-px face-swap alignment crop of the clean landmarks, the SSIM map weighted by the union of the two blend masks; 0 (the worst) for a face whose adversarial DeepFake cannot be made (reason in per_face.failure)",
+    "ssim_w": "SSIM_W (the tables use this one): the DeepFake of the clean image (target's clean landmarks) against the DeepFake of the (degraded) adversarial image (target's landmarks on it), both resampled into the face-swap alignment crop of the clean landmarks at the swap model's resolution (64 px for the built-in model), the SSIM map weighted by the union of the two blend masks; 0 (the worst) for a face whose adversarial DeepFake cannot be made (reason in per_face.failure)",
     "ssim_w_masked_image": "SSIM_W as the paper measures it (whole-image mask-SSIM of the face box), literal, for comparison",
     "swap_failures": "faces whose adversarial DeepFake could not be made (degenerate alignment, fake outside the frame): scored 0 in ssim_w",
     "ssim_w_clean_landmarks": "control: SSIM_W with the adversarial image synthesised using the clean landmarks (what the perturbed pixels alone do)",
@@ -830,7 +830,7 @@ class _Evaluation:
             "extractors": self.specs, "reference": self.reference_spec, "ground_truth": self.o.ground_truth,
             "eps": self.o.eps, "steps": self.o.steps, "seed": self.o.seed,
             "degradations": list(self.o.degradations), "synth": self.synth_info, "data": self.data_hash(),
-            "amp": self.performance.amp, "ssim": "face-crop-256",
+            "amp": self.performance.amp, "ssim": "face-crop-256/aligned-model-size",
         }
 
     def degradations_for(self, unit: Unit) -> list[str]:
@@ -1049,7 +1049,8 @@ def evaluate(
             "ablate_attack": options.ablate_attack if options.ablate else None,
             "degradations": list(options.degradations),
             "synth": run.synth_info,
-            "ssim_i_in_tables": "ssim_i and ssim_w on the face resampled to 256 px (aligned crop); the paper's "
+            "ssim_i_in_tables": "ssim_i on the face box resampled to 256 px, ssim_w on the aligned crop at the "
+                                "swap model's resolution; the paper's "
                                 "whole-image mask-SSIM is ssim_i_masked_image / ssim_w_masked_image",
             "settings_hash": settings_hash,
         },

@@ -12,8 +12,8 @@ paper's layout:
 
 plus failure rates, PSNR and the mask-mean SSIM_I, the SSIM_W controls, the paper's whole-image
 mask-SSIM for comparison, the per-face figures of the white-box LB attack and the ablations.
-SSIM_I and SSIM_W in the tables are measured on the face resampled to 256 px (``ssim_i``,
-``ssim_w``); the paper's whole-image mask-SSIM (``*_masked_image``) is a separate table. Figures need matplotlib
+SSIM_I and SSIM_W in the tables are measured on the face resampled to a fixed size (``ssim_i``: the
+box at 256 px; ``ssim_w``: the face-swap alignment crop at the swap model's resolution); the paper's whole-image mask-SSIM (``*_masked_image``) is a separate table. Figures need matplotlib
 (``pip install 'lbcore[report]'``); without it the plot data are written as CSV only (always
 written) and the report says so.
 """
@@ -104,10 +104,11 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = (), figure
         "",
         "NME is normalised by the ground truth's outer-eye-corner distance (higher = landmarks more broken). "
         "SSIM_I and SSIM_W in the tables are measured where a DeepFake pipeline looks, on the face "
-        "resampled to 256 x 256 px, so a face's size in the frame does not change them: SSIM_I on the face "
-        "box (clean vs adversarial image), SSIM_W on the face-swap alignment crop of the clean landmarks "
-        "(the DeepFake synthesised from the clean image vs the one synthesised from the (degraded) "
-        "adversarial image with the landmarks found on it), the SSIM map weighted by the union of the two "
+        "resampled to a fixed size, so a face's size in the frame does not change them: SSIM_I on the face "
+        "box at 256 x 256 px (clean vs adversarial image), SSIM_W on the face-swap alignment crop of the "
+        "clean landmarks at the swap model's resolution (the DeepFake synthesised from the clean image vs "
+        "the one synthesised from the (degraded) adversarial image with the landmarks found on it; a finer "
+        "grid would only add interpolated smoothness), the SSIM map weighted by the union of the two "
         "blend masks. A face whose adversarial DeepFake cannot be made (degenerate alignment, fake outside "
         "the frame) scores 0, the worst. The paper's mask-SSIM (both images multiplied by the face-box mask, "
         "whole-image SSIM) is given separately for comparison only: every pixel outside the box is an "

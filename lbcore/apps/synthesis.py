@@ -667,10 +667,11 @@ def train_autoencoder(
 # --------------------------------------------------------------------------- SSIM_W
 
 SSIM_VARIANTS: tuple[str, ...] = ("aligned", "masked-image", "mask-mean")
-"""``aligned`` (the headline): both DeepFakes resampled into the
-:data:`lbcore.metrics.FACE_SSIM_SIZE`-px face-swap alignment crop of the clean landmarks, the SSIM
-map averaged with the union of the two blend masks as weights - where a DeepFake pipeline looks,
-the same figure whatever the face's size in the frame. ``masked-image`` (the paper's
+"""``aligned`` (the headline): both DeepFakes resampled into the face-swap alignment crop of the
+clean landmarks at the swap model's resolution (its ``size``: the resolution the DeepFake is made
+at; a finer grid would only add interpolated smoothness, which SSIM's 11-px window scores as
+similar), the SSIM map averaged with the union of the two blend masks as weights - where a
+DeepFake pipeline looks, the same figure whatever the face's size in the frame. ``masked-image`` (the paper's
 mask-SSIM): whole-image SSIM of both images multiplied by the face-box mask - a small face in a
 large frame scores near 1 whatever happens inside the box. ``mask-mean``: the SSIM map averaged
 inside the face box."""
@@ -750,7 +751,8 @@ def aligned_ssim(a: np.ndarray, b: np.ndarray, landmarks_clean: Any, masks: Sequ
     the union (pixel-wise maximum) of the blend ``masks`` (``(H, W)`` each) resampled into it.
 
     Args:
-        size: crop side (default :data:`lbcore.metrics.FACE_SSIM_SIZE`).
+        size: crop side (default :data:`lbcore.metrics.FACE_SSIM_SIZE`; :func:`ssim_w` passes
+            the swap model's size).
     """
     from lbcore.metrics import FACE_SSIM_SIZE, crop_ssim, resample
 
@@ -856,7 +858,7 @@ def ssim_w(
 
     def score(a: np.ndarray, b: np.ndarray, masks: Sequence[np.ndarray]) -> float:
         if variant == "aligned":
-            return aligned_ssim(a, b, lm_c, masks, pad)
+            return aligned_ssim(a, b, lm_c, masks, pad, size)
         return region_ssim(a, b, box_arr, variant)
 
     clean_landmarks = score(fake_clean, fake_adv_cl, (mask_clean, mask_adv_cl))
