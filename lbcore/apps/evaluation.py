@@ -406,7 +406,7 @@ def folder_records(folder: Path, options: EvaluateOptions, notes: list[str]) -> 
     two files annotate keeps the first, ``.pts`` before the lists, lists by name). Which file
     annotated which images is added to ``notes``.
 
-    With ``--annotation-format pts`` only ``.pts`` files are read; ``wflw`` / ``dlib-xml``
+    With ``--format pts`` only ``.pts`` files are read; ``wflw`` / ``dlib-xml``
     restricts the lists to that format.
     """
     from lbcore.io.annotations import load_annotations
