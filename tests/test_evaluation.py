@@ -135,6 +135,21 @@ def test_fast_ssim_w_equals_synthesis_ssim_w(shared):
     assert full["ssim_w"] < 0.99
 
 
+def test_fast_ssim_w_scores_a_swap_that_cannot_be_made_worst(shared):
+    from lbcore.apps.evaluation import fast_ssim_w
+    from lbcore.apps.synthesis import WORST_SSIM, train_autoencoder
+
+    img, rec = _takeo(shared)
+    lm, box = rec.landmarks, rec.box
+    swapper = train_autoencoder([(img, lm)], [(img, lm)], steps=1, size=32, width=8, bottleneck=32)
+    far = lm + [10.0 * img.shape[1], 0.0]  # landmarks 10 frame widths to the right
+    collapsed = np.repeat(lm[:1], 68, axis=0)
+    for bad in (far, collapsed):
+        got = fast_ssim_w(img, img, lm, bad, swapper, box)
+        assert got["ssim_w"] == WORST_SSIM and got["failure"], got
+        assert got["ssim_w_masked_image"] > 0.5  # what the paper's figure would have said
+
+
 # --------------------------------------------------------------------------- data folders
 
 
