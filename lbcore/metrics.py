@@ -19,6 +19,15 @@ SSIM
     ``skimage.metrics.structural_similarity``. Colour images: SSIM is computed per channel and
     the channel results are averaged (skimage's ``channel_axis`` convention), not on luminance.
 
+Face-region SSIM (the headline SSIM_I and SSIM_W of ``lb evaluate``)
+    Both images are resampled into the same fixed-size crop of the face (SSIM_I: the face box at
+    ``FACE_SSIM_SIZE`` px; SSIM_W: the face-swap alignment of the clean landmarks at the swap
+    model's resolution, see :mod:`lbcore.apps.synthesis`)
+    and the SSIM map is averaged over that crop, optionally weighted (SSIM_W: the union of the
+    two blend masks). A face's size in the frame then does not change the figure; the paper's
+    whole-image mask-SSIM below rewards every identical zero outside the face, so a small face
+    in a large frame scores close to 1 whatever happens inside it.
+
 SSIM_I (mask-SSIM, the paper's footnote 4, after Ma et al. 2017)
     Image quality inside the face region. ``variant="masked-image"`` (the paper's): both images
     are multiplied by the 0/1 mask and the whole-image SSIM of the products is taken.
@@ -51,6 +60,10 @@ __all__ = [
     "face_mask",
     "hull_mask",
     "region_mask_ssim",
+    "FACE_SSIM_SIZE",
+    "box_matrix",
+    "resample",
+    "crop_ssim",
 ]
 
 FAILURE_THRESHOLDS: tuple[float, float] = (0.08, 0.10)
@@ -490,3 +503,70 @@ def region_mask_ssim(original: np.ndarray, other: np.ndarray, box: np.ndarray,
         return float(ssim_map(a, b)[sel].mean())
     value = float(mask_ssim(a, b, shifted, variant="masked-image"))
     return uncrop_masked_ssim(value, (y1 - y0, x1 - x0), original.shape[:2])
+
+
+# --------------------------------------------------------------------------- face-region SSIM
+
+FACE_SSIM_SIZE = 256
+"""Side of the crop the face-region SSIMs resample both images into."""
+
+
+def box_matrix(box: Any, size: int = FACE_SSIM_SIZE) -> np.ndarray:
+    """The ``(2, 3)`` crop-to-image matrix that resamples a ``(4,)`` box ``x1, y1, x2, y2``
+    (the pixels :func:`face_mask` selects) into a ``size`` x ``size`` crop (each axis scaled on
+    its own)."""
+    b = _to_numpy(box).astype(np.float64).ravel()
+    if b.size != 4 or not np.all(np.isfinite(b)) or b[2] <= b[0] or b[3] <= b[1]:
+        raise InputError(f"box_matrix: box {b.tolist()} is not four finite numbers x1 < x2, y1 < y2")
+    sx, sy = (b[2] - b[0]) / size, (b[3] - b[1]) / size
+    # crop pixel u covers [u - 0.5, u + 0.5); it maps onto [x1 - 0.5 + u sx, x1 - 0.5 + (u + 1) sx)
+    return np.array([[sx, 0.0, b[0] - 0.5 + 0.5 * sx], [0.0, sy, b[1] - 0.5 + 0.5 * sy]])
+
+
+def resample(image: Any, matrix: np.ndarray, size: int = FACE_SSIM_SIZE) -> np.ndarray:
+    """``image`` (``(H, W)`` or ``(H, W, C)``) sampled on a ``size`` x ``size`` grid: crop pixel
+    ``(u, v)`` takes image point ``matrix @ (u, v, 1)`` (bilinear; outside the image, the edge
+    pixel)."""
+    import cv2
+
+    img = _to_numpy(image)
+    if img.dtype == np.float64:
+        img = img.astype(np.float32)
+    return np.asarray(cv2.warpAffine(img, np.asarray(matrix, dtype=np.float64), (size, size),
+                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                     borderMode=cv2.BORDER_REPLICATE))
+
+
+def crop_ssim(original: Any, other: Any, matrix: np.ndarray, size: int = FACE_SSIM_SIZE,
+              weight: Any = None) -> float:
+    """SSIM of two images on the same resampled face crop.
+
+    Args:
+        original, other: images of the same shape (see the module docstring).
+        matrix: ``(2, 3)`` crop-to-image matrix (:func:`box_matrix`, or a face alignment).
+        size: crop side.
+        weight: ``None`` (every interior crop pixel counts the same) or a ``(size, size)``
+            crop-space weight map (e.g. blend masks resampled with :func:`resample`).
+
+    Returns:
+        The SSIM map's (weighted) mean over the crop's interior pixels, averaged over channels.
+
+    Raises:
+        InputError: shapes disagree or the weights are zero everywhere inside.
+    """
+    x, y = _as_image(original, "crop_ssim original"), _as_image(other, "crop_ssim other")
+    if x.shape != y.shape:
+        raise InputError(f"crop_ssim: image shapes differ: {x.shape} vs {y.shape}")
+    a = resample(x, matrix, size).reshape(size, size, -1).astype(np.float64)
+    b = resample(y, matrix, size).reshape(size, size, -1).astype(np.float64)
+    s = ssim_map(a, b).mean(axis=2)
+    inner = _interior(s.shape)
+    if weight is None:
+        return float(s[inner].mean())
+    w = np.clip(_to_numpy(weight).astype(np.float64), 0.0, None)
+    if w.shape != (size, size):
+        raise InputError(f"crop_ssim: weight of shape {w.shape}, need ({size}, {size})")
+    total = float(w[inner].sum())
+    if total <= 0:
+        raise InputError("crop_ssim: the weights are zero everywhere inside the crop")
+    return float((s * w)[inner].sum() / total)

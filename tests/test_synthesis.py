@@ -255,7 +255,8 @@ def test_ssim_w_record_and_controls(takeo, trained) -> None:
     assert set(rec.images) == {"fake_clean", "fake_adv", "fake_adv_clean_landmarks",
                                "identity_clean", "identity_adv", "alignment_adv"}
     assert set(rec.as_dict()) == {"ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment",
-                                  "alignment_shift", "alignment_shift_iod"}
+                                  "alignment_shift", "alignment_shift_iod", "ssim_w_masked_image", "failure",
+                                  "variant"}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -344,3 +345,81 @@ def test_cli_synth_train_with_extractor_on_video_and_photos(shared: Path, tmp_pa
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert 1 <= summary["faces_a"] <= 6 and summary["faces_b"] == 1
     assert FaceSwapper.load(out).config["landmarks"] == "template-in-box"
+
+
+# --------------------------------------------------------------------------- SSIM_W must not fail open
+# (issue 20: a DeepFake made from landmarks several eye distances off scored as identical)
+
+
+def _iod(lm: np.ndarray) -> float:
+    return float(np.linalg.norm(lm[36] - lm[45]))
+
+
+def _nme(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / _iod(gt))
+
+
+def test_ssim_w_falls_with_the_landmark_shift(takeo, trained) -> None:
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    same = ssim_w(img, img, lm, lm, sw, box)
+    assert same.ssim_w == pytest.approx(1.0) and same.failure is None
+    figures = []
+    for d in (0.1, 0.3, 1.0):
+        shifted = lm + d * _iod(lm) * np.array([1.0, 0.0])
+        rec = ssim_w(img, img, lm, shifted, sw, box)
+        assert rec.failure is None and rec.variant == "aligned"
+        # the model-free round trip puts every pixel back: moving the landmarks alone changes nothing
+        assert rec.ssim_identity >= 0.98, (d, rec.as_dict())
+        assert rec.ssim_w_clean_landmarks == pytest.approx(1.0)
+        figures.append(rec.ssim_w)
+    assert figures[0] > figures[1] > figures[2], figures
+    assert figures[2] < 0.8, figures
+
+
+def test_wild_landmarks_score_below_half(takeo, trained) -> None:
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    centre = lm.mean(axis=0)
+    scattered = lm + np.random.default_rng(0).normal(0.0, 2.5 * _iod(lm), lm.shape)
+    blown_up = centre + 5.0 * (lm - centre)
+    for wild in (scattered, blown_up):
+        assert _nme(wild, lm) > 2
+        rec = ssim_w(img, img, lm, wild, sw, box)
+        assert rec.ssim_w < 0.5, rec.as_dict()
+
+
+def test_a_swap_that_cannot_be_made_scores_worst_with_a_reason(takeo, trained) -> None:
+    from lbcore.apps.synthesis import WORST_SSIM, swap_problem
+
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    h, w = img.shape[:2]
+    off_frame = lm + np.array([3.0 * w, 0.0])  # the fake lands right of the frame
+    collapsed = np.repeat(lm.mean(axis=0, keepdims=True), 68, axis=0)  # every point on one spot
+    for bad, why in ((off_frame, "outside the frame"), (collapsed, "degenerate alignment")):
+        assert why in (swap_problem(bad, img.shape, sw.size, sw.padding) or "")
+        rec = ssim_w(img, img, lm, bad, sw, box)
+        assert rec.ssim_w == WORST_SSIM and why in (rec.failure or ""), rec.as_dict()
+        # ... never the untouched image's score: the paper's figure, literal, is close to 1
+        assert rec.ssim_w_masked_image > 0.5
+    assert swap_problem(lm, img.shape, sw.size, sw.padding) is None
+
+
+def test_ssim_w_does_not_depend_on_the_face_size_in_the_frame(takeo, trained) -> None:
+    _, sw = trained
+    img, lm = takeo
+    h, w = img.shape[:2]
+    box = np.array([*lm.min(axis=0), *lm.max(axis=0)])
+    shifted = lm + 0.3 * _iod(lm) * np.array([1.0, 0.0])
+    small = ssim_w(img, img, lm, shifted, sw, box)
+    canvas = np.zeros((4 * h, 4 * w, 3), dtype=np.uint8)
+    canvas[h : 2 * h, 2 * w : 3 * w] = img
+    off = np.array([2.0 * w, 1.0 * h])
+    large = ssim_w(canvas, canvas, lm + off, shifted + off, sw, box + np.tile(off, 2))
+    assert abs(small.ssim_w - large.ssim_w) < 0.02, (small.ssim_w, large.ssim_w)
+    # the paper's whole-image variant does not have this property: it drifts towards 1
+    assert large.ssim_w_masked_image > small.ssim_w_masked_image

@@ -15,14 +15,21 @@ The pipeline of the paper's Fig. 2, for every combination the tables need:
   **degraded** (JPEG, MPEG-4 "C", H.264 double compression "C2", ...) and shown to every
   **target** extractor: white-box on the diagonal (source = target), transfer off it.
 * **Metrics per face** - NME (:func:`lbcore.metrics.nme`), failure rates at 0.08 and 0.10,
-  SSIM_I (mask-SSIM in the face box between the clean image and the degraded adversarial image;
-  ``ssim_i`` is the paper's masked-image variant, ``ssim_i_mask_mean`` the stricter mask-mean
-  variant; the report's tables use ``ssim_i``), PSNR in the face box, and SSIM_W - the SSIM in
-  the face box between the DeepFake synthesised from the clean image with the target's clean
-  landmarks and the one synthesised from the degraded adversarial image with the target's
-  landmarks on it (:func:`lbcore.apps.synthesis.ssim_w`), with its two controls: the identity round
-  trip (align, no autoencoder, warp back: ``ssim_identity``) and the adversarial image
-  synthesised with the clean landmarks (``ssim_w_clean_landmarks``).
+  SSIM_I (the clean image against the degraded adversarial image on the face box resampled to
+  :data:`lbcore.metrics.FACE_SSIM_SIZE` px: ``ssim_i``, the tables' figure; the paper's
+  whole-image mask-SSIM ``ssim_i_masked_image`` and the mask-mean variant ``ssim_i_mask_mean``
+  for comparison), PSNR in the face box, and SSIM_W - the DeepFake synthesised from the clean
+  image with the target's clean landmarks against the one synthesised from the degraded
+  adversarial image with the target's landmarks on it, on the face-swap alignment crop of the
+  clean landmarks at the swap model's resolution (:func:`lbcore.apps.synthesis.ssim_w`, variant ``aligned``; the paper's
+  whole-image figure is ``ssim_w_masked_image``), with its controls: the identity round
+  trip (align, no autoencoder, warp back: ``ssim_identity``), the adversarial image
+  synthesised with the clean landmarks (``ssim_w_clean_landmarks``) and the ideal-alignment
+  model (``ssim_alignment``). A face whose adversarial DeepFake cannot be made scores
+  :data:`lbcore.apps.synthesis.WORST_SSIM`, with the reason in ``per_face``.
+
+A folder given as data uses every annotation file inside it: ``.pts`` files beside the
+images, dlib ``.xml`` files and WFLW list files; which one each image came from is logged.
 
 Work is split into *units* - ``(source, attack, ablation value)`` - whose rows (one per target x
 degradation) are written to ``OUT/partial/<hash>.json`` atomically as each finishes; a rerun with
@@ -50,7 +57,14 @@ import attrs
 import numpy as np
 
 from lbcore.errors import InputError, LBError, SpecError
-from lbcore.metrics import clip_region, region_mask_ssim, ssim_window_margin, uncrop_masked_ssim
+from lbcore.metrics import (
+    box_matrix,
+    clip_region,
+    crop_ssim,
+    region_mask_ssim,
+    ssim_window_margin,
+    uncrop_masked_ssim,
+)
 
 __all__ = [
     "ABLATABLE",
@@ -367,8 +381,7 @@ def load_dataset(
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
         if p.is_dir():
-            add_records(load_annotations(p, "pts" if options.annotation_format == "auto"
-                                         else options.annotation_format))  # type: ignore[arg-type]
+            add_records(folder_records(p, options, notes))
             for entry in iter_inputs([p], recursive=False):
                 if entry.kind == "video":
                     add_video(entry.path)
@@ -386,6 +399,60 @@ def load_dataset(
     if not faces:
         raise InputError(f"{', '.join(map(str, paths))}: no face to evaluate")
     return images, faces, notes
+
+
+def folder_records(folder: Path, options: EvaluateOptions, notes: list[str]) -> list[Any]:
+    """The face records of a data folder: every image in it, annotated by the ``.pts`` file
+    beside it or by a dlib ``.xml`` / WFLW list file in the folder (all of them; an image that
+    two files annotate keeps the first, ``.pts`` before the lists, lists by name). Which file
+    annotated which images is added to ``notes``.
+
+    With ``--format pts`` only ``.pts`` files are read; ``wflw`` / ``dlib-xml``
+    restricts the lists to that format.
+    """
+    from lbcore.io.annotations import load_annotations
+
+    fmt = options.annotation_format
+    records = load_annotations(folder, "pts")
+    by_image: dict[str, list[Any]] = {}
+    for r in records:
+        by_image.setdefault(str(r.image_path), []).append(r)
+    used: dict[str, int] = {}
+    for r in records:
+        if r.box is not None:
+            used["beside the images (.pts)"] = used.get("beside the images (.pts)", 0) + 1
+    if fmt in ("auto", "wflw", "dlib-xml"):
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or f.suffix.lower() not in (".xml", ".txt"):
+                continue
+            kind = "dlib-xml" if f.suffix.lower() == ".xml" else "wflw"
+            if fmt not in ("auto", kind):
+                continue
+            try:
+                listed = load_annotations(f, kind, image_root=options.image_root)  # type: ignore[arg-type]
+            except LBError:
+                if kind == "dlib-xml":
+                    raise
+                continue  # a .txt that is not a WFLW list (a README, a licence, ...)
+            fresh: dict[str, list[Any]] = {}
+            for r in listed:
+                fresh.setdefault(str(r.image_path), []).append(r)
+            taken = 0
+            for name, recs in fresh.items():
+                old = by_image.get(name)
+                if old is not None and any(r.box is not None for r in old):
+                    notes.append(f"{name}: annotated by an earlier file too; {f.name} ignored for it")
+                    continue
+                by_image[name] = recs
+                taken += len(recs)
+            if taken:
+                used[f.name] = taken
+    out = [r for recs in by_image.values() for r in recs]
+    missing = sum(1 for recs in by_image.values() if all(r.box is None for r in recs))
+    where = ", ".join(f"{k} ({n} face(s))" for k, n in used.items()) or "none"
+    notes.append(f"{folder}: ground truth from {where}; {missing} image(s) without annotation "
+                 "(faces from the detector, ground truth from the reference extractor)")
+    return out
 
 
 # --------------------------------------------------------------------------- units
@@ -481,19 +548,26 @@ def _comparable(k_pred: int, k_gt: int) -> bool:
 
 
 def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv: np.ndarray,
-                swapper: Any, box: np.ndarray) -> dict[str, float]:
+                swapper: Any, box: np.ndarray) -> dict[str, Any]:
     """:func:`lbcore.apps.synthesis.ssim_w` (figures only), computed on the part of the image that
     the synthesis and the SSIM can touch: the face box with the SSIM window's margin and both
-    alignment crops' footprints. Exact: the synthesised pixels there do not change, and the
-    masked SSIM is rescaled to the full image (see :func:`uncrop_masked_ssim`)."""
+    alignment crops' footprints. The same figures: the synthesised pixels there do not change (up
+    to OpenCV's 1/32-px fixed-point warp coordinates), the aligned figures only see the clean
+    alignment crop, and the paper's masked SSIM is rescaled to the full image (see
+    :func:`uncrop_masked_ssim`)."""
     from lbcore.apps.synthesis import alignment_matrix, ssim_w
 
     size, pad = swapper.size, swapper.padding
     corners = np.array([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]])
     xs, ys = [box[0], box[2]], [box[1], box[3]]
     for lm in (lm_clean, lm_adv):
-        m = alignment_matrix(lm, size, pad)
+        try:
+            m = alignment_matrix(lm, size, pad)
+        except (LBError, np.linalg.LinAlgError, ValueError):
+            continue  # a degenerate alignment: ssim_w reports the failure
         pts = corners @ m[:, :2].T + m[:, 2]
+        if not np.isfinite(pts).all():
+            continue
         xs += [float(pts[:, 0].min()), float(pts[:, 0].max())]
         ys += [float(pts[:, 1].min()), float(pts[:, 1].max())]
     g = ssim_window_margin()
@@ -504,10 +578,15 @@ def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv
     off = np.array([x0, y0], dtype=np.float64)
     r = ssim_w(clean[y0:y1, x0:x1], adv[y0:y1, x0:x1], lm_clean - off, lm_adv - off, swapper,
                list(np.asarray(box, dtype=np.float64) - [x0, y0, x0, y0])).as_dict()
-    out = {k: float(v) for k, v in r.items()}
-    for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment"):
-        out[k] = uncrop_masked_ssim(out[k], (y1 - y0, x1 - x0), clean.shape[:2])
+    out: dict[str, Any] = {k: (v if k in ("failure", "variant") else float(v)) for k, v in r.items()}
+    # the aligned-crop figures do not depend on the frame; the paper's whole-image one does
+    out["ssim_w_masked_image"] = uncrop_masked_ssim(out["ssim_w_masked_image"], (y1 - y0, x1 - x0),
+                                                    clean.shape[:2])
     return out
+
+
+SSIM_W_KEYS = ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod",
+               "ssim_w_masked_image")
 
 
 def _versions(pm: Any) -> dict[str, Any]:
@@ -544,10 +623,13 @@ METRIC_DOCS: dict[str, str] = {
     "nme": "mean over faces of the NME between the target's landmarks on the (degraded) adversarial image and the ground truth, normalised by the ground truth's outer-eye-corner distance",
     "failure_rate_0.08": "fraction of faces with NME > 0.08",
     "failure_rate_0.10": "fraction of faces with NME > 0.10",
-    "ssim_i": "SSIM_I, the paper's mask-SSIM: whole-image SSIM of the clean and the (degraded) adversarial image, both multiplied by the face-box mask (the tables use this one)",
+    "ssim_i": "SSIM_I (the tables use this one): SSIM of the clean and the (degraded) adversarial image on the face box resampled to 256x256 px, so the face's size in the frame does not change it",
+    "ssim_i_masked_image": "SSIM_I as the paper measures it (mask-SSIM): whole-image SSIM of both images multiplied by the face-box mask; near 1 for a small face in a large frame whatever happens in the box",
     "ssim_i_mask_mean": "SSIM_I, mask-mean variant: the SSIM map of the two images averaged over the face box only (stricter)",
     "psnr": "PSNR (dB) of the (degraded) adversarial image against the clean one inside the face box; 'inf' when identical",
-    "ssim_w": "SSIM_W: mask-SSIM in the face box between the DeepFake of the clean image (target's clean landmarks) and the DeepFake of the (degraded) adversarial image (target's landmarks on it)",
+    "ssim_w": "SSIM_W (the tables use this one): the DeepFake of the clean image (target's clean landmarks) against the DeepFake of the (degraded) adversarial image (target's landmarks on it), both resampled into the face-swap alignment crop of the clean landmarks at the swap model's resolution (64 px for the built-in model), the SSIM map weighted by the union of the two blend masks; 0 (the worst) for a face whose adversarial DeepFake cannot be made (reason in per_face.failure)",
+    "ssim_w_masked_image": "SSIM_W as the paper measures it (whole-image mask-SSIM of the face box), literal, for comparison",
+    "swap_failures": "faces whose adversarial DeepFake could not be made (degenerate alignment, fake outside the frame): scored 0 in ssim_w",
     "ssim_w_clean_landmarks": "control: SSIM_W with the adversarial image synthesised using the clean landmarks (what the perturbed pixels alone do)",
     "ssim_identity": "control: identity round trip (align, no autoencoder, warp back) of the clean image with clean landmarks vs of the adversarial image with its landmarks",
     "ssim_alignment": "control: ideal model - the adversarial image cropped with the clean alignment but warped back with the adversarial landmarks (what broken alignment alone does)",
@@ -749,7 +831,7 @@ class _Evaluation:
             "extractors": self.specs, "reference": self.reference_spec, "ground_truth": self.o.ground_truth,
             "eps": self.o.eps, "steps": self.o.steps, "seed": self.o.seed,
             "degradations": list(self.o.degradations), "synth": self.synth_info, "data": self.data_hash(),
-            "amp": self.performance.amp,
+            "amp": self.performance.amp, "ssim": "face-crop-256/aligned-model-size",
         }
 
     def degradations_for(self, unit: Unit) -> list[str]:
@@ -765,7 +847,8 @@ class _Evaluation:
         config = None if unit.attack == "none" else attack_config(unit.attack, self.o, unit.ablate)
         # per (degradation, target) per face
         per: dict[tuple[str, str], dict[str, list[float]]] = {}
-        img_metrics: dict[str, dict[str, list[float]]] = {d: {"ssim_i": [], "ssim_i_mask_mean": [], "psnr": []} for d in degs}
+        img_metrics: dict[str, dict[str, list[float]]] = {
+            d: {"ssim_i": [], "ssim_i_masked_image": [], "ssim_i_mask_mean": [], "psnr": []} for d in degs}
         order: dict[str, list[int]] = {d: [] for d in degs}
         for b in self.batches:
             x = self.tensor(b)
@@ -787,7 +870,8 @@ class _Evaluation:
                     clean_rgb = self.images[face.image].rgb
                     now = rgb[b.face_index[k]]
                     m = img_metrics[d]
-                    m["ssim_i"].append(region_mask_ssim(clean_rgb, now, face.box))
+                    m["ssim_i"].append(crop_ssim(clean_rgb, now, box_matrix(face.box)))
+                    m["ssim_i_masked_image"].append(region_mask_ssim(clean_rgb, now, face.box))
                     try:
                         m["ssim_i_mask_mean"].append(region_mask_ssim(clean_rgb, now, face.box, "mask-mean"))
                     except LBError:
@@ -799,7 +883,7 @@ class _Evaluation:
                         pred = preds[label][k]
                         cell.setdefault("nme", []).append(_face_nme(pred, self.gt[label][f], ext.scheme))
                         for key, val in self._ssim_w(clean_rgb, now, self.clean[label][f], pred, face.box).items():
-                            cell.setdefault(key, []).append(val)
+                            cell.setdefault(key, []).append(val)  # type: ignore[arg-type]
             tick()
         rows = []
         for d in degs:
@@ -808,19 +892,19 @@ class _Evaluation:
         return rows
 
     def _ssim_w(self, clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv: np.ndarray,
-                box: np.ndarray) -> dict[str, float]:
-        keys = ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod")
-        nan = {k: float("nan") for k in keys}
+                box: np.ndarray) -> dict[str, float | str | None]:
+        nan: dict[str, float | str | None] = {k: float("nan") for k in SSIM_W_KEYS}
         if self.swapper is None or lm_clean.shape[0] not in (68, 98):
-            return nan
+            return {**nan, "failure": None}
         if np.array_equal(lm_clean, lm_adv) and np.array_equal(clean, adv):
             # the same image and landmarks synthesise the same DeepFake (the clean rows)
-            return {**{k: 1.0 for k in keys[:4]}, "alignment_shift_iod": 0.0}
+            return {**{k: 1.0 for k in SSIM_W_KEYS}, "alignment_shift_iod": 0.0, "failure": None}
         try:
             r = fast_ssim_w(clean, adv, lm_clean, lm_adv, self.swapper, box)
-        except (LBError, np.linalg.LinAlgError, ValueError):
-            return nan  # a degenerate alignment (e.g. all landmarks on one point)
-        return {k: float(r[k]) for k in keys}
+        except (LBError, np.linalg.LinAlgError, ValueError) as err:
+            # the clean landmarks themselves cannot align (nothing to compare with)
+            return {**nan, "failure": f"clean landmarks: {err}"}
+        return {**{k: float(r[k]) for k in SSIM_W_KEYS}, "failure": r["failure"]}
 
     def _row(self, unit: Unit, degradation: str, target: str, cell: dict[str, list[float]],
              img: dict[str, list[float]], order: list[int]) -> dict[str, Any]:
@@ -842,13 +926,18 @@ class _Evaluation:
         for t in FAILURE_THRESHOLDS:
             row[f"failure_rate_{t:.2f}"] = failure_rate(valid, t)
         row["ssim_i"] = _nan_mean(img["ssim_i"])
+        row["ssim_i_masked_image"] = _nan_mean(img["ssim_i_masked_image"])
         row["ssim_i_mask_mean"] = _nan_mean(img["ssim_i_mask_mean"])
         ps = np.asarray(img["psnr"], dtype=np.float64)
         row["psnr"] = float(ps.mean()) if ps.size else float("nan")
-        for key in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod"):
+        for key in SSIM_W_KEYS:
             row[key] = _nan_mean(cell.get(key, []))
+        failures: list[Any] = cell.get("failure", [])
+        row["swap_failures"] = sum(f is not None for f in failures)
         row["per_face"] = {"face": order, "nme": cell.get("nme", []), "ssim_i": img["ssim_i"],
-                           "ssim_w": cell.get("ssim_w", [])}
+                           "ssim_i_masked_image": img["ssim_i_masked_image"], "ssim_w": cell.get("ssim_w", []),
+                           "ssim_w_masked_image": cell.get("ssim_w_masked_image", []),
+                           "alignment_shift_iod": cell.get("alignment_shift_iod", []), "failure": failures}
         return row
 
 
@@ -961,7 +1050,9 @@ def evaluate(
             "ablate_attack": options.ablate_attack if options.ablate else None,
             "degradations": list(options.degradations),
             "synth": run.synth_info,
-            "ssim_i_in_tables": "ssim_i (the paper's masked-image mask-SSIM); ssim_i_mask_mean also given",
+            "ssim_i_in_tables": "ssim_i on the face box resampled to 256 px, ssim_w on the aligned crop at the "
+                                "swap model's resolution; the paper's "
+                                "whole-image mask-SSIM is ssim_i_masked_image / ssim_w_masked_image",
             "settings_hash": settings_hash,
         },
         "seed": options.seed,

@@ -48,8 +48,11 @@ __all__ = [
     "MEAN_FACE_68",
     "MIRROR_68",
     "FaceSwapper",
+    "SSIM_VARIANTS",
+    "WORST_SSIM",
     "SynthesisSSIM",
     "align_face",
+    "aligned_ssim",
     "alignment_matrix",
     "build_autoencoder",
     "colour_transfer",
@@ -58,6 +61,7 @@ __all__ = [
     "random_warp_pair",
     "region_ssim",
     "ssim_w",
+    "swap_problem",
     "template_points",
     "to_ibug68",
     "train_autoencoder",
@@ -492,8 +496,8 @@ class FaceSwapper:
             face = colour_transfer(face, crop, mask_crop)
         return self._paste(img, face, mask_crop, m)
 
-    def round_trip(self, image: Any, landmarks: Any,
-                   source_landmarks: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def round_trip(self, image: Any, landmarks: Any, source_landmarks: Any | None = None,
+                   size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Identity control: the same pipeline with no autoencoder.
 
         The face is cropped with the alignment of ``source_landmarks`` (default:
@@ -505,14 +509,18 @@ class FaceSwapper:
         (what warping augmentation trains a DeepFake model towards): the result then shows
         what broken alignment alone does to the synthesised face.
 
+        ``size`` is the side of the crop (default: the model's); :func:`ssim_w` uses one twice
+        as fine as the image, so the controls show geometry, not resolution loss.
+
         Returns:
             ``(image, mask)`` as :meth:`synthesize`.
         """
         img = _as_uint8_image(image)
         source = landmarks if source_landmarks is None else source_landmarks
-        face, _ = align_face(img, source, self.size, self.padding)
-        m = alignment_matrix(landmarks, self.size, self.padding)
-        return self._paste(img, face, face_mask(landmarks, m, self.size), m)
+        n = self.size if size is None else int(size)
+        face, _ = align_face(img, source, n, self.padding)
+        m = alignment_matrix(landmarks, n, self.padding)
+        return self._paste(img, face, face_mask(landmarks, m, n), m)
 
     def _paste(self, img: np.ndarray, face: np.ndarray, mask_crop: np.ndarray,
                m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -658,6 +666,70 @@ def train_autoencoder(
 
 # --------------------------------------------------------------------------- SSIM_W
 
+SSIM_VARIANTS: tuple[str, ...] = ("aligned", "masked-image", "mask-mean")
+"""``aligned`` (the headline): both DeepFakes resampled into the face-swap alignment crop of the
+clean landmarks at the swap model's resolution (its ``size``: the resolution the DeepFake is made
+at; a finer grid would only add interpolated smoothness, which SSIM's 11-px window scores as
+similar), the SSIM map averaged with the union of the two blend masks as weights - where a
+DeepFake pipeline looks, the same figure whatever the face's size in the frame. ``masked-image`` (the paper's
+mask-SSIM): whole-image SSIM of both images multiplied by the face-box mask - a small face in a
+large frame scores near 1 whatever happens inside the box. ``mask-mean``: the SSIM map averaged
+inside the face box."""
+
+WORST_SSIM = 0.0
+"""The score of a face whose adversarial DeepFake cannot be made (no structural similarity)."""
+
+MIN_FAKE_INSIDE = 0.5
+"""A swap whose blend mask lands less than this fraction inside the frame counts as not made."""
+
+NATIVE_CROP_MAX = 1024
+"""The largest crop the model-free controls (identity, ideal alignment) resample the face into
+(they use twice the face's resolution in the image, at least the model's crop)."""
+
+MIN_LANDMARK_SPREAD = 1.0
+"""Alignment points closer than this (RMS distance from their centre, pixels) are degenerate."""
+
+MIN_FAKE_SIDE = 8.0
+"""A swap whose aligned crop covers fewer image pixels than this per side counts as not made."""
+
+
+def swap_problem(landmarks: Any, shape: tuple[int, ...], size: int, padding: float) -> str | None:
+    """Why a DeepFake cannot be made from ``landmarks`` in an image of ``shape``, or ``None``.
+
+    A swap cannot be made when the alignment is degenerate (landmarks on one spot, not finite,
+    a crop that covers fewer than :data:`MIN_FAKE_SIDE` image pixels per side) or when less than
+    :data:`MIN_FAKE_INSIDE` of the blend mask lands inside the frame.
+    """
+    try:
+        pts = to_ibug68(landmarks)
+        sel = pts[list(ALIGN_POINTS)]
+        spread = float(np.sqrt(((sel - sel.mean(axis=0)) ** 2).sum(axis=1).mean()))
+        if not spread >= MIN_LANDMARK_SPREAD:
+            return f"degenerate alignment (landmarks within {spread:.2g} px of one point)"
+        m = alignment_matrix(pts, size, padding)
+    except (InputError, np.linalg.LinAlgError, ValueError) as err:
+        return f"degenerate alignment ({err})"
+    if not np.isfinite(m).all():
+        return "degenerate alignment (not finite)"
+    side = float(np.sqrt(abs(np.linalg.det(m[:, :2])))) * size
+    if not side >= MIN_FAKE_SIDE:
+        return f"degenerate alignment (the face crop covers {side:.2g} px)"
+    crop_mask = face_mask(pts, m, size)
+    want = float(crop_mask.sum()) * (side / size) ** 2
+    if want <= 0:
+        return "degenerate alignment (empty blend mask)"
+    h, w = int(shape[0]), int(shape[1])
+    # the mask's corners far outside the frame would make warping it back huge: measure the
+    # part inside from the crop side (crop pixels whose image point lies in the frame)
+    vv, uu = np.mgrid[0:size, 0:size]
+    uv = np.stack([uu.ravel(), vv.ravel()], axis=1).astype(np.float64)
+    xy = _apply(m, uv)
+    inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] < w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < h - 0.5)).reshape(size, size)
+    frac = float(crop_mask[inside].sum() / crop_mask.sum())
+    if frac < MIN_FAKE_INSIDE:
+        return f"fake outside the frame ({100 * frac:.0f}% of it inside)"
+    return None
+
 
 def region_ssim(a: np.ndarray, b: np.ndarray, box_or_mask: Any, variant: str = "masked-image") -> float:
     """SSIM of two uint8 RGB images inside the face region: :func:`lbcore.metrics.mask_ssim`.
@@ -673,9 +745,26 @@ def region_ssim(a: np.ndarray, b: np.ndarray, box_or_mask: Any, variant: str = "
     return float(mask_ssim(a, b, np.asarray(box_or_mask), variant=variant))  # type: ignore[arg-type]
 
 
+def aligned_ssim(a: np.ndarray, b: np.ndarray, landmarks_clean: Any, masks: Sequence[np.ndarray],
+                 padding: float, size: int | None = None) -> float:
+    """SSIM of two images on the face-swap alignment crop of ``landmarks_clean``, weighted by
+    the union (pixel-wise maximum) of the blend ``masks`` (``(H, W)`` each) resampled into it.
+
+    Args:
+        size: crop side (default :data:`lbcore.metrics.FACE_SSIM_SIZE`; :func:`ssim_w` passes
+            the swap model's size).
+    """
+    from lbcore.metrics import FACE_SSIM_SIZE, crop_ssim, resample
+
+    n = FACE_SSIM_SIZE if size is None else int(size)
+    m = alignment_matrix(landmarks_clean, n, padding)
+    union = np.maximum.reduce([np.asarray(k, dtype=np.float32) for k in masks])
+    return crop_ssim(a, b, m, n, resample(union, m, n))
+
+
 @attrs.frozen
 class SynthesisSSIM:
-    """SSIM_W and its controls for one face (all SSIMs inside the face box).
+    """SSIM_W and its controls for one face (each SSIM in the record's ``variant``).
 
     Attributes:
         ssim_w: the paper's SSIM_W: DeepFake of the original with the clean landmarks vs
@@ -684,14 +773,19 @@ class SynthesisSSIM:
             landmarks - the part of the damage that comes from the perturbed pixels alone.
         ssim_identity: control (1): the identity round trip (no autoencoder) of the original
             with clean landmarks vs of the adversarial image with adversarial landmarks - what
-            the pipeline without a model does (about SSIM_I: the round trip puts every pixel
-            back where it came from, wherever the landmarks are).
+            the pipeline without a model does.
         ssim_alignment: the ideal-model control: the adversarial image cropped with the clean
             alignment (a model that always outputs the template-aligned face) but warped back
             and masked with the adversarial landmarks - the damage broken alignment alone does.
         alignment_shift: mean distance (image pixels) the template's alignment points move
             between the clean and the adversarial alignment.
         alignment_shift_iod: the same divided by the clean inter-ocular (outer corner) distance.
+        ssim_w_masked_image: SSIM_W as the paper measures it (whole-image mask-SSIM of the face
+            box), computed literally, for comparison.
+        failure: why the adversarial DeepFake could not be made (:func:`swap_problem`), or
+            ``None``; when set, ``ssim_w``, ``ssim_identity`` and ``ssim_alignment`` are
+            :data:`WORST_SSIM`.
+        variant: the variant of the SSIM fields (:data:`SSIM_VARIANTS`).
         images: the synthesised images by name (``fake_clean``, ``fake_adv``,
             ``fake_adv_clean_landmarks``, ``identity_clean``, ``identity_adv``,
             ``alignment_adv``), uint8 RGB.
@@ -703,9 +797,12 @@ class SynthesisSSIM:
     ssim_alignment: float
     alignment_shift: float
     alignment_shift_iod: float
+    ssim_w_masked_image: float = float("nan")
+    failure: str | None = None
+    variant: str = "aligned"
     images: dict[str, np.ndarray] = attrs.field(factory=dict, eq=False, repr=False)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         """The figures without the images (for JSON reports)."""
         return {k: v for k, v in attrs.asdict(self).items() if k != "images"}
 
@@ -719,7 +816,7 @@ def ssim_w(
     box: Sequence[float],
     identity: str = "B",
     colour: bool = True,
-    variant: str = "masked-image",
+    variant: str = "aligned",
 ) -> SynthesisSSIM:
     """SSIM_W (paper Fig. 2) with the controls that explain it.
 
@@ -728,42 +825,75 @@ def ssim_w(
         landmarks_clean: the extractor's landmarks on the original image.
         landmarks_adv: the extractor's landmarks on the adversarial image.
         swapper: the trained face-swap model.
-        box: face box ``(x1, y1, x2, y2)`` inside which SSIM is measured.
+        box: face box ``(x1, y1, x2, y2)`` (the ``masked-image`` and ``mask-mean`` variants).
         identity: the decoder that synthesises (``"B"``: the swap).
         colour: colour transfer in the swap.
-        variant: the :func:`region_ssim` variant.
+        variant: one of :data:`SSIM_VARIANTS` (``aligned``, the default, is the headline).
 
     Returns:
-        A :class:`SynthesisSSIM`.
+        A :class:`SynthesisSSIM`. When the clean landmarks cannot make a swap the figures are
+        NaN (nothing to compare with); when the adversarial ones cannot, see ``failure``.
     """
+    if variant not in SSIM_VARIANTS:
+        raise InputError(f"SSIM variant {variant!r}: use one of {', '.join(SSIM_VARIANTS)}")
     orig = _as_uint8_image(original_image)
     adv = _as_uint8_image(adv_image)
     if orig.shape != adv.shape:
         raise InputError(f"original {orig.shape} and adversarial {adv.shape} images differ in size")
-    lm_c, lm_a = to_ibug68(landmarks_clean), to_ibug68(landmarks_adv)
-    fake_clean, _ = swapper.synthesize(orig, lm_c, identity, colour)
-    fake_adv, _ = swapper.synthesize(adv, lm_a, identity, colour)
-    fake_adv_cl, _ = swapper.synthesize(adv, lm_c, identity, colour)
-    ident_clean, _ = swapper.round_trip(orig, lm_c)
-    ident_adv, _ = swapper.round_trip(adv, lm_a)
-    align_adv, _ = swapper.round_trip(adv, lm_a, source_landmarks=lm_c)
+    lm_c = to_ibug68(landmarks_clean)
     size, pad = swapper.size, swapper.padding
+    iod = float(np.linalg.norm(lm_c[36] - lm_c[45]))
+    nan = float("nan")
+    problem = swap_problem(lm_c, orig.shape, size, pad)
+    if problem is not None:
+        return SynthesisSSIM(nan, nan, nan, nan, nan, nan, nan, f"clean landmarks: {problem}", variant)
+    fake_clean, mask_clean = swapper.synthesize(orig, lm_c, identity, colour)
+    fake_adv_cl, mask_adv_cl = swapper.synthesize(adv, lm_c, identity, colour)
+    # the model-free controls at twice the image's resolution: they show geometry, not the
+    # resampling loss of a small crop
+    native = int(np.clip(np.ceil(2 * np.sqrt(abs(np.linalg.det(alignment_matrix(lm_c, size, pad)[:, :2]))) * size),
+                         size, NATIVE_CROP_MAX))
+    ident_clean, mask_ident = swapper.round_trip(orig, lm_c, size=native)
+    box_arr = np.asarray(box, dtype=np.float64)
+
+    def score(a: np.ndarray, b: np.ndarray, masks: Sequence[np.ndarray]) -> float:
+        if variant == "aligned":
+            return aligned_ssim(a, b, lm_c, masks, pad, size)
+        return region_ssim(a, b, box_arr, variant)
+
+    clean_landmarks = score(fake_clean, fake_adv_cl, (mask_clean, mask_adv_cl))
+    images = {"fake_clean": fake_clean, "fake_adv_clean_landmarks": fake_adv_cl, "identity_clean": ident_clean}
+    try:
+        lm_a = to_ibug68(landmarks_adv)
+    except InputError as err:
+        lm_a, problem = None, f"degenerate alignment ({err})"
+    else:
+        problem = swap_problem(lm_a, adv.shape, size, pad)
+    if problem is not None or lm_a is None:
+        # The DeepFake cannot be made from these landmarks: the worst score, never the
+        # untouched image's. The paper's figure compares the clean fake with the adversarial
+        # image as it is (what the literal metric would see).
+        return SynthesisSSIM(WORST_SSIM, clean_landmarks, WORST_SSIM, WORST_SSIM, nan, nan,
+                             region_ssim(fake_clean, adv, box_arr, "masked-image"), problem, variant, images)
+    fake_adv, mask_adv = swapper.synthesize(adv, lm_a, identity, colour)
+    ident_adv, mask_ident_adv = swapper.round_trip(adv, lm_a, size=native)
+    align_adv, mask_align = swapper.round_trip(adv, lm_a, source_landmarks=lm_c, size=native)
     tmpl = template_points(size, pad)[list(ALIGN_POINTS)]
     shift = np.linalg.norm(
         _apply(alignment_matrix(lm_c, size, pad), tmpl) - _apply(alignment_matrix(lm_a, size, pad), tmpl), axis=1
     ).mean()
-    iod = float(np.linalg.norm(lm_c[36] - lm_c[45]))
+    images.update({"fake_adv": fake_adv, "identity_adv": ident_adv, "alignment_adv": align_adv})
     return SynthesisSSIM(
-        ssim_w=region_ssim(fake_clean, fake_adv, box, variant),
-        ssim_w_clean_landmarks=region_ssim(fake_clean, fake_adv_cl, box, variant),
-        ssim_identity=region_ssim(ident_clean, ident_adv, box, variant),
-        ssim_alignment=region_ssim(ident_clean, align_adv, box, variant),
+        ssim_w=score(fake_clean, fake_adv, (mask_clean, mask_adv)),
+        ssim_w_clean_landmarks=clean_landmarks,
+        ssim_identity=score(ident_clean, ident_adv, (mask_ident, mask_ident_adv)),
+        ssim_alignment=score(ident_clean, align_adv, (mask_ident, mask_align)),
         alignment_shift=float(shift),
-        alignment_shift_iod=float(shift / iod) if iod > 0 else float("nan"),
-        images={
-            "fake_clean": fake_clean, "fake_adv": fake_adv, "fake_adv_clean_landmarks": fake_adv_cl,
-            "identity_clean": ident_clean, "identity_adv": ident_adv, "alignment_adv": align_adv,
-        },
+        alignment_shift_iod=float(shift / iod) if iod > 0 else nan,
+        ssim_w_masked_image=region_ssim(fake_clean, fake_adv, box_arr, "masked-image"),
+        failure=None,
+        variant=variant,
+        images=images,
     )
 
 

@@ -90,8 +90,9 @@ def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
                  weights: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Evaluate attacks on DATA as the paper does (Tables I-IV, Figs. 3-4).
 
-    DATA: image folders (with or without iBUG .pts files), WFLW list files, dlib XML files and
-    videos. Every source x target extractor pair is measured (white-box on the diagonal,
+    DATA: image folders (with or without iBUG .pts files; dlib XML and WFLW list files inside a
+    folder are used too, and the run notes which file annotated what), WFLW list files, dlib XML
+    files and videos. Every source x target extractor pair is measured (white-box on the diagonal,
     transfer off it), after each degradation. An interrupted run resumes from what is finished.
     """
     from lbcore.apps.evaluation import evaluate
