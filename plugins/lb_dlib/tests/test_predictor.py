@@ -137,7 +137,7 @@ def test_surrogate_attack_lowers_eq1_more_than_noise(dlib_ext, cascade, astronau
 def test_nes_estimate_points_like_dlibs_own_trees(dlib_ext, cascade, astronaut) -> None:
     """On the real predictor the query estimate (of the Gaussian-smoothed gradient) and the soft
     trees' gradient agree far beyond chance: cosine ~0.03 measured with 200 queries, where a
-    random direction gives ~0 +- 1/sqrt(d) (d = the region's values, ~55,000 here)."""
+    random direction in the region gives ~0 +- 1/sqrt(d) (d = the region's values, ~55,000 here)."""
     import torch.nn.functional as F
 
     _, x, box = astronaut
@@ -147,7 +147,6 @@ def test_nes_estimate_points_like_dlibs_own_trees(dlib_ext, cascade, astronaut) 
     dlib_ext.generator.manual_seed(0)
     nes = dlib_ext.estimate_vjp(x, faces, g)
     sur = dlib_ext.surrogate_vjp(x, faces, g)
-    inside = sur != 0
-    d = int(inside.sum())
+    d = int((nes != 0).sum())  # the estimate's support: the face's region square, three channels
     cos = float(F.cosine_similarity(nes.flatten(), sur.flatten(), dim=0))
     assert cos > 4.0 / d ** 0.5
