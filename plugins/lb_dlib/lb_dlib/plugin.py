@@ -15,7 +15,7 @@ LB_HOOK_API = 1
 
 def dlib68(model: str = "auto", samples: int = 96, sigma: float = 6.0, seed: int = 0, region: float = 1.5,
            tile: int = 2, heatmaps: bool = True, heatmap_size: int = 64, hm_sigma: float = 3.0,
-           grad: Literal["nes", "surrogate"] = "nes", temperature: float = 8.0) -> Any:
+           grad: Literal["surrogate", "nes"] = "surrogate", temperature: float = 8.0) -> Any:
     """dlib's 68-point shape predictor (regression trees); its gradient is estimated from queries.
 
     Args:
@@ -29,8 +29,9 @@ def dlib68(model: str = "auto", samples: int = 96, sigma: float = 6.0, seed: int
         heatmaps: render Gaussian heat-maps from the landmarks so Eq. 1 (heatmap-cosine) applies.
         heatmap_size: side of the rendered heat-maps.
         hm_sigma: width of the rendered Gaussians (heat-map pixels).
-        grad: ``nes`` - estimated from queries (black box); ``surrogate`` - the gradient of a soft
-            version of dlib's own trees along dlib's path (white box, no queries).
+        grad: ``surrogate`` - the gradient of a soft version of dlib's own trees along dlib's
+            path (white box, no queries; measured far stronger); ``nes`` - estimated from queries
+            (black box).
         temperature: width (grey levels) of the sigmoids replacing the trees' comparisons.
     """
     from pathlib import Path
@@ -60,4 +61,4 @@ def register_losses(register: Callable[..., None]) -> None:
 def register_extractors(register: Callable[..., None]) -> None:
     # default=False: query-based and slow, so `lb protect` uses it only when named (--extractor dlib68)
     register("dlib68", dlib68, default=False,
-             summary="dlib's 68-point shape predictor (regression trees; gradient estimated by NES from queries)")
+             summary="dlib's 68-point shape predictor (regression trees; soft-tree surrogate or NES-from-queries gradient)")

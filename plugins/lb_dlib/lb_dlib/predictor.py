@@ -91,13 +91,15 @@ class DlibShapePredictor(Extractor):
         heatmaps: render Gaussian heat-maps from the landmarks (so ``heatmap-cosine`` applies).
         heatmap_size: side of the rendered heat-maps (they cover the ``region`` square).
         hm_sigma: width of the rendered Gaussians in heat-map pixels.
+        grad: ``surrogate`` (soft trees along dlib's path, no queries) or ``nes`` (queries).
+        temperature: width (grey levels) of the soft trees' sigmoids.
     """
 
     scheme = IBUG68
 
     def __init__(self, model: str | Path | None = None, samples: int = 96, sigma: float = 6.0, seed: int = 0,
                  region: float = 1.5, tile: int = 2, heatmaps: bool = True, heatmap_size: int = 64,
-                 hm_sigma: float = 3.0, grad: str = "nes", temperature: float = 8.0) -> None:
+                 hm_sigma: float = 3.0, grad: str = "surrogate", temperature: float = 8.0) -> None:
         super().__init__()
         if grad not in ("nes", "surrogate"):
             raise SpecError(f"dlib68: unknown grad {grad!r} (valid: nes, surrogate)")

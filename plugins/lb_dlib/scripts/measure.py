@@ -61,10 +61,12 @@ def main() -> None:
     det = pm.build("detectors", "auto")
     others = {s: pm.build("extractors", s) for s in a.also}
     rows = []
+    pairs: list[tuple[Path | None, Path]]
     if a.compare:
         prot_dir, orig_dir = map(Path, a.compare)
         pairs = [(q, orig_dir / q.name) for q in images_in([str(prot_dir)])]
-        pairs = [(p, next((o.with_suffix(s) for s in SUFFIXES if o.with_suffix(s).exists()), o)) for p, o in pairs]
+        found = [(p, next((o.with_suffix(s) for s in SUFFIXES if o.with_suffix(s).exists()), None)) for p, o in pairs]
+        pairs = [(p, o) for p, o in found if o is not None]  # protected files of other folders: skipped
     else:
         pairs = [(None, p) for p in images_in(a.inputs)]
         ext = pm.build("extractors", a.extractor)
@@ -75,10 +77,11 @@ def main() -> None:
         if a.pts_boxes and pts.exists():
             from lbcore.data import load_annotations
 
-            boxes = np.array([r.landmarks.min(0).tolist() + r.landmarks.max(0).tolist() for r in load_annotations(pts)])
+            found_boxes = [np.concatenate([r.landmarks.min(0), r.landmarks.max(0)]).tolist()
+                           for r in load_annotations(pts) if r.landmarks is not None]
         else:
-            boxes = det(rgb)[:, :4]
-        boxes = sorted(boxes.tolist(), key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+            found_boxes = det(rgb)[:, :4].tolist()
+        boxes = sorted(found_boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
         if a.per_image:
             boxes = boxes[: a.per_image]
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
