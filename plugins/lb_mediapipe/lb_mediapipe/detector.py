@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lbcore.detectors import Detector
 from lb_mediapipe.tflite_torch import TFLiteNet
+from lbcore.detectors import Detector
 
 __all__ = ["BlazeFaceDetector", "anchors"]
 

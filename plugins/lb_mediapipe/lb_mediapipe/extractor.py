@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
+from lb_mediapipe.mapping import MESH_POINTS, mesh_to_ibug68
+from lb_mediapipe.tflite_torch import TFLiteNet
 from lbcore.extractor import Extractor, affine_crop, apply_affine, compose_affine, scale_affine
 from lbcore.schemes import IBUG68
 from lbcore.types import ExtractorOutput, Faces
-from lb_mediapipe.mapping import MESH_POINTS, mesh_to_ibug68
-from lb_mediapipe.tflite_torch import TFLiteNet
 
 __all__ = ["FaceMeshExtractor", "load_face_mesh", "INPUT_SIZE", "ROI_SCALE"]
 

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+from lb_mediapipe.plugin import BLAZEFACE_WEIGHTS, FACE_MESH_WEIGHTS
 from lbcore.errors import WeightsError
 from lbcore.weights import WeightsFile, cache_dir, sha256sum
-from lb_mediapipe.plugin import BLAZEFACE_WEIGHTS, FACE_MESH_WEIGHTS
 
 __all__ = ["WHEEL", "MEMBERS", "weights_dir", "fetch"]
 
@@ -58,7 +59,7 @@ def _download_wheel(tmp: Path) -> Path:
     return wheels[0]
 
 
-def fetch(dest: Path | None = None, wheel: Path | None = None, log=print) -> list[Path]:  # type: ignore[no-untyped-def]
+def fetch(dest: Path | None = None, wheel: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Make sure every file of :data:`MEMBERS` is in ``dest``; returns their paths.
 
     Raises:

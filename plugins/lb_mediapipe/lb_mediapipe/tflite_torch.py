@@ -280,16 +280,13 @@ class TFLiteNet(torch.nn.Module):
             if pads is None:
                 raise g.fail("PAD with computed paddings is not supported")
             pads = pads.reshape(-1, 2).astype(int)
-            if len(pads) == 4:  # NHWC -> F.pad's order: W, H, C, N
-                order = [2, 1, 3, 0]
-            else:
-                order = list(range(len(pads)))[::-1]
-            flat: list[int] = []
-            for d in order:
-                flat += [int(pads[d][0]), int(pads[d][1])]
             if len(pads) == 4 and pads[0].any():
                 raise g.fail("PAD of the batch dimension is not supported")
-            out["pads"] = flat[:6] if len(pads) == 4 else flat
+            # F.pad lists (before, after) from the last dimension backwards; our rank-4
+            # copies are NCHW, so NHWC's W, H, C come in that order (the batch is never padded)
+            order = [2, 1, 3] if len(pads) == 4 else list(range(len(pads)))[::-1]
+            flat = [int(v) for d in order for v in pads[d]]
+            out["pads"] = flat
         elif name == "RESHAPE":
             # the output tensor's static shape; its batch dimension follows the input's
             out["shape"] = [int(v) for v in g.shapes[outs[0]]]

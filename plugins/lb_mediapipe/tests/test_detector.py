@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lb_mediapipe.detector import anchors, weighted_nms
 from lbcore.data import box_from_landmarks
 from lbcore.testing import check_component
-from lb_mediapipe.detector import anchors, weighted_nms
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
+from lb_mediapipe.tflite_torch import TFLiteNet
 from lbcore.data import box_from_landmarks
 from lbcore.errors import WeightsError
 from lbcore.types import Faces
-from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
-from lb_mediapipe.tflite_torch import TFLiteNet
 
 
 def _runtime(path: Path) -> object:
@@ -53,7 +53,7 @@ def test_face_mesh_matches_the_tflite_runtime_on_real_face_crops(face_mesh_path,
         assert err < 1e-3 * 192, (_name, err)
         assert abs(float(flag.reshape(())) - float(ref[names[1]].reshape(()))) < 1e-3
         # a real face: the points lie inside the crop and the presence logit is positive
-        assert 0 < ref_mesh[:, :2].min() and ref_mesh[:, :2].max() < 192
+        assert ref_mesh[:, :2].min() > 0 and ref_mesh[:, :2].max() < 192
         assert float(ref[names[1]].reshape(())) > 0
     assert worst > 0.0  # the comparison saw real numbers (not two empty arrays)
 
