@@ -77,25 +77,30 @@ class BlazeFaceDetector(Detector):
             extractors' crop rules expect (BlazeFace's box starts on the forehead: on the three
             faces68 photos it finds, its top lay 2-17 % of its height above the annotated brows,
             its bottom within 1 % of the chin); ``False`` returns BlazeFace's box as is.
+        tiles: also run on overlapping squares of 1/2, 1/4, ... of the image side, down to
+            this many levels (stopping at squares under 85 px), for faces too small for the
+            short-range model at the whole image's scale (0: the whole image only, as MediaPipe).
     """
 
-    def __init__(self, path: str | os.PathLike[str], threshold: float = 0.5, nms: float = 0.3, tight: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], threshold: float = 0.5, nms: float = 0.3, tight: bool = True,
+                 tiles: int = 0) -> None:
         self.net = TFLiteNet(path, input_shape=(1, INPUT, INPUT, 3), output_sizes=(896 * 16, 896),
                              what="a BlazeFace short-range model (face_detection_short_range.tflite)").eval()
         self.anchors = anchors()
         self.threshold = float(threshold)
         self.nms = float(nms)
         self.tight = tight
+        self.tiles = int(tiles)
 
-    def raw(self, image: np.ndarray) -> np.ndarray:
-        """``(N, 17)`` rows ``x1 y1 x2 y2 score kx0 ky0 ... kx5 ky5`` in image pixels (after NMS)."""
+    def _window(self, image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+        """Detections ``(N, 17)`` in the ``side``-pixel square window at ``(x0, y0)`` (zero
+        outside the image; the whole image, letterboxed, when the window is its bounding square)."""
         h, w = image.shape[:2]
-        side = max(h, w)
-        # letterbox: the image centred in a square with zero borders, as MediaPipe's
-        # ImageToTensorCalculator (keep_aspect_ratio, BORDER_ZERO)
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        top, left = (side - h) // 2, (side - w) // 2
-        x = F.pad(x, (left, side - w - left, top, side - h - top))
+        x = x[..., max(y0, 0): min(y0 + side, h), max(x0, 0): min(x0 + side, w)]
+        # zero borders where the window leaves the image, as MediaPipe's letterbox (BORDER_ZERO)
+        left, top = max(-x0, 0), max(-y0, 0)
+        x = F.pad(x, (left, side - x.shape[3] - left, top, side - x.shape[2] - top))
         # antialiased (MediaPipe samples without): large photos shrink ~10x to 128 px
         x = F.interpolate(x, size=(INPUT, INPUT), mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
@@ -105,17 +110,38 @@ class BlazeFaceDetector(Detector):
         score = 1.0 / (1.0 + np.exp(-logit))
         keep = score >= self.threshold
         if not keep.any():
-            return np.zeros((0, 17), dtype=np.float32)
+            return np.zeros((0, 17), dtype=np.float64)
         a = self.anchors[keep].astype(np.float64)
         r = reg[keep] / INPUT
         cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
         bw, bh = r[:, 2], r[:, 3]
         kp = r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-        # normalised square coordinates -> image pixels (pixel centres at integers)
-        boxes = boxes * side - np.array([left, top, left, top]) - 0.5
-        kp = kp * side - np.array([left, top]) - 0.5
-        dets = np.concatenate([boxes, score[keep, None], kp.reshape(-1, 12)], axis=1)
+        # normalised window coordinates -> image pixels (pixel centres at integers)
+        boxes = boxes * side + np.array([x0, y0, x0, y0]) - 0.5
+        kp = kp * side + np.array([x0, y0]) - 0.5
+        return np.concatenate([boxes, score[keep, None], kp.reshape(-1, 12)], axis=1)
+
+    def raw(self, image: np.ndarray) -> np.ndarray:
+        """``(N, 17)`` rows ``x1 y1 x2 y2 score kx0 ky0 ... kx5 ky5`` in image pixels (after NMS)."""
+        h, w = image.shape[:2]
+        side = max(h, w)
+        found = [self._window(image, (w - side) // 2, (h - side) // 2, side)]
+        for level in range(1, self.tiles + 1):
+            # squares of half the size at each level, overlapping by half, over the whole image
+            tile = side >> level
+            if tile < 2 * INPUT // 3:
+                break
+            step = tile // 2
+            for y0 in range(0, max(h - step, 1), step):
+                for x0 in range(0, max(w - step, 1), step):
+                    d = self._window(image, x0, y0, tile)
+                    # a face cut by the tile's edge is found whole at another tile or level
+                    inside = ((d[:, 0] >= x0) & (d[:, 1] >= y0) & (d[:, 2] < x0 + tile) & (d[:, 3] < y0 + tile))
+                    found.append(d[inside])
+        dets = np.concatenate(found, axis=0)
+        if not len(dets):
+            return np.zeros((0, 17), dtype=np.float32)
         return weighted_nms(dets, self.nms)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

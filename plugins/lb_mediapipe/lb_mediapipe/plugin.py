@@ -100,7 +100,7 @@ def mediapipe(weights: str = "auto", scale: float = 1.5, sigma: float = 12.0) ->
     return FaceMeshExtractor(load_face_mesh(path), scale=scale, sigma=sigma).eval()
 
 
-def blazeface(weights: str = "auto", threshold: float = 0.5, nms: float = 0.3, box: str = "tight") -> Any:
+def blazeface(weights: str = "auto", threshold: float = 0.5, nms: float = 0.3, box: str = "tight", tiles: int = 1) -> Any:
     """MediaPipe BlazeFace short-range detector (Apache-2.0; faces within ~2 m of the camera), converted from TFLite.
 
     Args:
@@ -109,14 +109,18 @@ def blazeface(weights: str = "auto", threshold: float = 0.5, nms: float = 0.3, b
         nms: IoU above which overlapping detections are blended (MediaPipe: 0.3, weighted NMS).
         box: ``tight`` widens BlazeFace's box to the brow-to-chin box the extractors' crop
             rules expect; ``raw`` returns BlazeFace's own box.
+        tiles: extra levels of overlapping half-size squares, for small faces (default 1; 0: the
+            whole image only, as MediaPipe runs it).
     """
+    if not 0 <= tiles <= 4:
+        raise SpecError(f"blazeface: tiles={tiles} outside 0..4")
     if box not in ("tight", "raw"):
         raise SpecError(f"blazeface: box={box!r} (valid: tight, raw)")
     path = _resolve(weights, BLAZEFACE_WEIGHTS, "blazeface")
 
     from lb_mediapipe.detector import BlazeFaceDetector
 
-    return BlazeFaceDetector(path, threshold=threshold, nms=nms, tight=box == "tight")
+    return BlazeFaceDetector(path, threshold=threshold, nms=nms, tight=box == "tight", tiles=tiles)
 
 
 @hookimpl
