@@ -32,6 +32,7 @@ __all__ = [
     "load_state_dict_strict",
     "sha256sum",
     "register_explicit_weights",
+    "explicit_weights",
     "choose_weights",
 ]
 
@@ -57,6 +58,11 @@ _explicit: dict[str, str] = {}
 def register_explicit_weights(mapping: Mapping[str, str]) -> None:
     """Remember ``--weights NAME=PATH`` pairs for this process."""
     _explicit.update(mapping)
+
+
+def explicit_weights() -> dict[str, str]:
+    """The ``--weights NAME=PATH`` pairs given to this process (a copy)."""
+    return dict(_explicit)
 
 
 def cache_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io as pyio
 import os
 import struct
@@ -806,9 +807,10 @@ def test_fingerprint_of_large_file_uses_head_and_tail(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(9 << 20))
     fp = lio.input_fingerprint(big)
-    assert fp["size"] == 9 << 20 and fp["sha256_scope"] != "whole" and len(fp["sha256"]) == 16
+    assert fp["size"] == 9 << 20 and fp["sha256_scope"] != "whole" and len(fp["sha256"]) == 64
     small = _write(tmp_path / "s.bin", b"abc")
-    assert lio.input_fingerprint(small)["sha256"] == "ba7816bf8f01cfea"
+    # the full digest, as sha256sum prints it (issue 17: it held 16 hex digits)
+    assert lio.input_fingerprint(small)["sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()
 
 
 def test_video_with_non_utf8_name(tmp_path):

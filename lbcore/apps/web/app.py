@@ -440,6 +440,7 @@ def _check_media(path: Path, name: str, max_pixels: int, max_frames: int) -> str
     except LBError as err:
         msg = str(err).replace(str(path), name)
         msg = msg.replace("(raise it with --max-pixels)", "").replace("(raise it with --max-frames)", "")
+        msg = msg.replace("; raise it with --max-frames, or protect a part with --start/--duration", "")
         return msg.strip().rstrip(",;")
     return None
 
