@@ -24,7 +24,7 @@ def test_default_is_the_quick_sweep_and_full_is_behind_a_flag(monkeypatch):
     assert CliRunner().invoke(cli, ["bench", "--json"]).exit_code == 0
     assert CliRunner().invoke(cli, ["bench", "--full", "--json"]).exit_code == 0
     quick, full = seen
-    assert (quick.batches, quick.steps, quick.baseline_faces) == ((1, 4), 5, 1)
+    assert (quick.batches, quick.steps, quick.baseline_faces) == ((4,), 3, 1)
     assert (full.batches, full.steps, full.baseline_faces) == ((1, 4, 16), 20, 2)
 
 

@@ -735,7 +735,7 @@ def test_bad_video_files(tmp_path):
 def test_frame_limit(tmp_path):
     src = tmp_path / "long.mp4"
     _make_video(src, n=20, audio=None)
-    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames, over the limit of 10 frames \(0:00:00 at 29.97 fps; raise it with --max-frames\)"):
+    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames \(0\.67 s\), over the limit of 10 frames \(0\.33 s at 29.97 fps; raise it with --max-frames, or protect a part with --start/--duration\)"):
         lio.probe_video(src, max_frames=10)
     mkv = tmp_path / "long.mkv"  # no stored frame count: counted, and counting stops at the limit
     _make_video(mkv, n=20, codec="ffv1", audio=None)

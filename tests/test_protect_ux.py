@@ -295,7 +295,7 @@ def test_photos_report_progress_while_they_run(tmp_path, shared):
     lines: list[str] = []
     photo = shared / "data" / "photos" / "obama-240p.jpg"
     protect([photo], tmp_path / "o", steps=1, check_compression=False, min_face=20, progress=lines.append)
-    assert lines[0] == f"protecting {photo}: 1 face(s) found, 1 attack steps", lines
+    assert lines[0] == f"{photo}: 1 face(s) found; protecting (1 attack steps)", lines
     assert lines[-1] == f"{photo}: protected"
 
 

@@ -247,3 +247,35 @@ def test_other_host_warning_is_printed_once(tmp_path):
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2
     assert (res.stdout + res.stderr).count("listening on 192.0.2.1: anyone who can reach") == 1, res.stderr
+
+
+def test_page_script_parses():
+    """The page's script is valid JavaScript (the browser test, which needs Chromium, runs it)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: cannot check the page script's syntax")
+    script = Path(__file__).resolve().parents[1] / "lbcore" / "apps" / "web" / "static" / "app.js"
+    res = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_photos_progress_line_is_not_counted_as_a_finished_file(make_app):
+    gate = threading.Event()
+
+    def run(inputs: list[Path], out_dir: Path, progress: Any = None, **options: Any) -> dict[str, Any]:
+        progress(f"{inputs[0]}: 1 face(s) found; protecting (20 attack steps)")
+        gate.wait(20)
+        return _copy_run(inputs, out_dir)
+
+    client = make_app(run=run).test_client()
+    sid = _session_id(client)
+    url = _post(client, sid, [(_png_bytes(), "a.png"), (_png_bytes(), "b.png")]).get_json()["url"]
+    try:
+        for _ in range(100):
+            s = client.get(url, headers={"X-LB-Session": sid}).get_json()
+            if "face(s) found" in s["message"]:
+                break
+            time.sleep(0.05)
+        assert s["files_done"] == 0 and s["message"] == "a.png: 1 face(s) found; protecting (20 attack steps)"
+    finally:
+        gate.set()

@@ -443,6 +443,7 @@ def _estimate(built: dict[str, Any], options: BenchOptions, images: Any, faces: 
     from lbcore.engine import attack
 
     total = 0.0
+    each = []
     face_steps = options.steps * (sum(options.batches) * options.repeat
                                   + (min(options.baseline_faces, max(options.batches)) if options.baseline else 0))
     for ext in built.values():
@@ -452,13 +453,14 @@ def _estimate(built: dict[str, Any], options: BenchOptions, images: Any, faces: 
         attack(x, f, ext, preset("lb", steps=1), device=dev, plugin_manager=pm, performance=perf)
         _sync(dev)
         one = time.perf_counter() - t0
+        each.append(f"{one:.1f} s")
         # per face-step (batching makes it cheaper: this is an upper bound), times every attack
         total += one * face_steps * len(options.attacks) + 3 * one
     minutes = total / 60
     when = f"about {total:.0f} s" if total < 90 else f"about {minutes:.0f} min"
     return (f"{when} for {len(built)} extractor(s) x {len(options.attacks)} attack(s) x batches "
-            f"{', '.join(map(str, options.batches))}, T={options.steps} (at most; measured from one step per "
-            "extractor)")
+            f"{', '.join(map(str, options.batches))}, T={options.steps} (at most: a 1-step attack on one face took "
+            f"{', '.join(each)}; fewer --extractor or --batch values shorten it)")
 
 
 def _first_faces(faces: Any, n: int) -> Any:

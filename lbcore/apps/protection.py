@@ -346,8 +346,8 @@ class _Run:
         else:
             from lbcore.io import display_path
 
-            self.log(f"protecting {display_path(entry.path)}: {len(keep)} face(s) found, "
-                     f"{self.config.steps} attack steps")
+            self.log(f"{display_path(entry.path)}: {len(keep)} face(s) found; protecting "
+                     f"({self.config.steps} attack steps)")
             faces = Faces.from_lists([keep])
             adv = self.attack(x, faces)
             adv_rgb = adv[0].permute(1, 2, 0).to(self.torch.uint8).numpy()

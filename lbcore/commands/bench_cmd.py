@@ -14,8 +14,8 @@ import click
 @click.option("--attack", "attacks", multiple=True, metavar="NAME",
               help="Registered attack (repeatable; see `lb list attacks`). Default: lb.")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
-              help="Batch size in faces (repeatable). Default: 1, 4 (with --full: 1, 4, 16).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Iterations T. Default: 5 (with --full: 20).")
+              help="Batch size in faces (repeatable). Default: 4 (with --full: 1, 4, 16).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Iterations T. Default: 3 (with --full: 20).")
 @click.option("--full", is_flag=True,
               help="The full sweep behind the README's figures: batches 1, 4, 16, T=20, 2 baseline faces "
                    "(hours on a 2-core CPU with every published-size extractor; the default takes minutes).")
@@ -52,7 +52,7 @@ def bench_cmd(extractors: tuple[str, ...], attacks: tuple[str, ...], batches: tu
     if threads:
         torch.set_num_threads(threads)
     # the default finishes in minutes on a 2-core CPU; --full is the README's sweep
-    default_batches, default_steps, default_baseline = ((1, 4, 16), 20, 2) if full else ((1, 4), 5, 1)
+    default_batches, default_steps, default_baseline = ((1, 4, 16), 20, 2) if full else ((4,), 3, 1)
     n_baseline = default_baseline if baseline_faces is None else baseline_faces
     options = BenchOptions(
         extractors=extractors, attacks=attacks or ("lb",), batches=batches or default_batches,

@@ -78,6 +78,10 @@ class Job:
 _FRAMES = re.compile(r": (\d+)/(\d+) frames$")
 
 
+_FINAL = frozenset({"protected", "unchanged", "done earlier", "error", "skipped", "interrupted"})
+"""The status words that end a file's progress ("<path>: <status>")."""
+
+
 class JobCancelled(BaseException):  # not an Exception: protect() must not record it as a file error
     """Raised inside a running job (from its progress callback) once its page session has ended."""
 
@@ -242,7 +246,7 @@ class SessionStore:
             if m:
                 job.file_fraction = int(m.group(1)) / max(1, int(m.group(2)))
                 job.message = job.display(line)
-            elif any(line.startswith(p) for p in done_prefixes):
+            elif any(line.startswith(p) and line[len(p):] in _FINAL for p in done_prefixes):
                 job.files_done += 1
                 job.file_fraction = 0.0
                 following = job.names[job.files_done] if job.files_done < len(job.names) else None

@@ -39,6 +39,7 @@
     a.href = "#";
     a.dataset.url = url;
     a.dataset.name = name;
+    a.setAttribute("download", name);
     if (a.dataset.bound) return;
     a.dataset.bound = "1";
     a.addEventListener("click", async (e) => {
