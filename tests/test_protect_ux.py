@@ -304,3 +304,15 @@ def test_readme_describes_the_terminal_output():
     assert "a terminal\ntable" not in readme and "terminal table" not in readme
     for words in ("--require-broken", "130", "--start", ".lb.json"):
         assert words in readme, words
+
+
+def test_ctrl_c_while_loading_the_models_exits_130(tmp_path, monkeypatch):
+    import lbcore.apps.protection as protection
+
+    def interrupted(*a: Any, **k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protection, "protect", interrupted)
+    res = _lb("protect", tmp_path / "x.png", "-o", tmp_path / "o")
+    assert res.exit_code == 130 and "Aborted!" not in res.output
+    assert _lines(res.output) == ["lb: interrupted before any file was protected"]

@@ -159,7 +159,11 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     # bars only for a person watching a terminal; logs and pipes get plain lines
     bars = not (quiet or as_json) and sys.stderr.isatty()
-    report = protect(paths, outdir, options, progress=log, progress_bar=bars)
+    try:
+        report = protect(paths, outdir, options, progress=log, progress_bar=bars)
+    except KeyboardInterrupt:  # while loading the models, before the first file
+        click.echo("lb: interrupted before any file was protected", err=True)
+        raise SystemExit(130) from None
     print_report(report, outdir, quiet, as_json, require_broken=require_broken)
 
 
