@@ -454,13 +454,14 @@ def _estimate(built: dict[str, Any], options: BenchOptions, images: Any, faces: 
         _sync(dev)
         one = time.perf_counter() - t0
         each.append(f"{one:.1f} s")
-        # per face-step (batching makes it cheaper: this is an upper bound), times every attack
+        # per face-step (batching makes a step cheaper per face), times every attack
         total += one * face_steps * len(options.attacks) + 3 * one
     minutes = total / 60
     when = f"about {total:.0f} s" if total < 90 else f"about {minutes:.0f} min"
     return (f"{when} for {len(built)} extractor(s) x {len(options.attacks)} attack(s) x batches "
-            f"{', '.join(map(str, options.batches))}, T={options.steps} (at most: a 1-step attack on one face took "
-            f"{', '.join(each)}; fewer --extractor or --batch values shorten it)")
+            f"{', '.join(map(str, options.batches))}, T={options.steps} (extrapolated from a 1-step attack on one face: "
+            f"{', '.join(each)}; other load on the machine lengthens it; fewer --extractor or --batch values "
+            "shorten it)")
 
 
 def _first_faces(faces: Any, n: int) -> Any:
