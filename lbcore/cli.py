@@ -21,6 +21,10 @@ class _Group(click.Group):
         except LBError as err:
             click.echo(f"lb: error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except click.BadParameter as err:  # an option out of its range: one line, exit 2
+            where = f" (see '{err.ctx.command_path} -h')" if err.ctx is not None else ""
+            click.echo(f"lb: error: {' '.join(err.format_message().split())}{where}", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

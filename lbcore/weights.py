@@ -61,7 +61,7 @@ def register_explicit_weights(mapping: Mapping[str, str]) -> None:
 
 
 def explicit_weights() -> dict[str, str]:
-    """The ``--weights NAME=PATH`` pairs given in this process."""
+    """The ``--weights NAME=PATH`` pairs given to this process (a copy)."""
     return dict(_explicit)
 
 

@@ -9,6 +9,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
+# setuptools' build backend warns about every editable install (five boxes of text): not useful here
+export PYTHONWARNINGS="ignore"
+# the last line says what to run next (a trap, so that lines appended below still run first)
+trap 'rc=$?; [ "$rc" -eq 0 ] && echo "Set up. Next: .venv/bin/lb protect --example -o protected/  (or . .venv/bin/activate; lb --help)"; exit "$rc"' EXIT
 $PIP install -q --upgrade pip >/dev/null
 # Pin torch first: an unpinned torch could pull a multi-GB CUDA build. Never torchvision.
 $PIP install -q "torch==2.13.0"

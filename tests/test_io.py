@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io as pyio
 import os
 import struct
@@ -734,7 +735,7 @@ def test_bad_video_files(tmp_path):
 def test_frame_limit(tmp_path):
     src = tmp_path / "long.mp4"
     _make_video(src, n=20, audio=None)
-    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames, over the limit of 10 frames \(0:00:00 at 29.97 fps; raise it with --max-frames\)"):
+    with pytest.raises(InputError, match=r"long\.mp4: video has 20 frames \(0\.67 s\), over the limit of 10 frames \(0\.33 s at 29.97 fps; raise it with --max-frames, or protect a part with --start/--duration\)"):
         lio.probe_video(src, max_frames=10)
     mkv = tmp_path / "long.mkv"  # no stored frame count: counted, and counting stops at the limit
     _make_video(mkv, n=20, codec="ffv1", audio=None)
@@ -806,9 +807,10 @@ def test_fingerprint_of_large_file_uses_head_and_tail(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(9 << 20))
     fp = lio.input_fingerprint(big)
-    assert fp["size"] == 9 << 20 and fp["sha256_scope"] != "whole" and len(fp["sha256"]) == 16
+    assert fp["size"] == 9 << 20 and fp["sha256_scope"] != "whole" and len(fp["sha256"]) == 64
     small = _write(tmp_path / "s.bin", b"abc")
-    assert lio.input_fingerprint(small)["sha256"] == "ba7816bf8f01cfea"
+    # the full digest, as sha256sum prints it (issue 17: it held 16 hex digits)
+    assert lio.input_fingerprint(small)["sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()
 
 
 def test_video_with_non_utf8_name(tmp_path):

@@ -263,7 +263,9 @@ def test_a_face_whose_nme_is_undefined_keeps_its_output(tmp_path, shared, clip, 
     assert e["nme"] is None and e["broken"] is None and e["note"] == UNDEFINED_NME
     assert vid["status"] == "protected" and vid["frames"] == 6 and (tmp_path / "o" / "clip.mkv").is_file()
     assert vid["extractors"] == {}  # nothing measurable
-    assert report["summary"]["faces"] == 1 and report["summary"]["faces_broken_all_attacked"] == 0
+    # (the summary counts the video's faces too: issue 17)
+    assert report["summary"]["photo_faces"] == 1 and report["summary"]["faces_broken_all_attacked"] == 0
+    assert report["summary"]["faces"] == 1 + vid["faces_protected"]
     from lbcore.apps.web.words import describe_record
     from lbcore.commands.protect_cmd import _table
 

@@ -324,7 +324,8 @@ def test_max_frames_message_and_flag(tmp_path, tiny_site):
     res = lb("protect", src, "-o", tmp_path / "o", *TINY, "--max-frames", "5", site=tiny_site)
     assert res.returncode == 1
     (line,) = [ln for ln in res.stdout.splitlines() if "ERROR" in ln]
-    assert f"{src}: video has 6 frames, over the limit of 5 frames" in line and "--max-frames" in line
+    assert f"{src}: video has 6 frames (0.24 s), over the limit of 5 frames (0.2 s at 25 fps" in line
+    assert line.count("--max-frames") == 1
     assert not list((tmp_path / "o").glob("clip*"))
     res = lb("protect", src, "-o", tmp_path / "o", *TINY, "--max-frames", "6", site=tiny_site)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -141,7 +141,9 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
 
     # the side-by-side: loaded, twice the photo's width, labelled
     img = card.find_element(By.CSS_SELECTOR, "img.sbs-img")
-    WebDriverWait(drv, 20).until(lambda d: d.execute_script("return arguments[0].complete", img))
+    # (fetched with the page's session header, then shown from a blob: URL)
+    WebDriverWait(drv, 20).until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img))
     natural = drv.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
     assert natural == [2 * w, h]
     assert img.size["width"] > 400  # shown, not collapsed
@@ -149,7 +151,8 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     assert "Original" in labels and "Protected" in labels
 
     close = card.find_element(By.CSS_SELECTOR, ".face .closeup img")
-    WebDriverWait(drv, 20).until(lambda d: d.execute_script("return arguments[0].complete", close))
+    WebDriverWait(drv, 20).until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", close))
     assert drv.execute_script("return arguments[0].naturalWidth", close) > 0
 
     drv.execute_script("window.scrollTo(0, document.getElementById('results').offsetTop - 20)")
@@ -195,3 +198,38 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     while any(p.is_file() for p in store.root.rglob("*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(p.is_file() for p in store.root.rglob("*"))
+
+
+def test_bad_file_reported_in_place_remove_buttons_and_details(shared: Path, server: tuple[str, Any],
+                                                               browser: tuple[Any, Path], tmp_path: Path) -> None:
+    """Issue 17: a bad file does not stop the good ones and is reported beside its name; a file can
+    be removed before Protect; the technical notes sit behind a Details toggle."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    drv, _ = browser
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    shutil.copy(shared / "data" / "photos" / "obama-240p.jpg", tmp_path / "extra.jpg")
+    drv.get(url)
+    photo = shared / "data" / "photos" / "obama-240p.jpg"
+    drv.find_element(By.ID, "files").send_keys("\n".join([str(photo), str(bad), str(tmp_path / "extra.jpg")]))
+    items = drv.find_elements(By.CSS_SELECTOR, "#chosen li")
+    assert len(items) == 3
+    items[2].find_element(By.CSS_SELECTOR, "button.remove").click()  # extra.jpg
+    names = [li.text for li in drv.find_elements(By.CSS_SELECTOR, "#chosen li")]
+    assert len(names) == 2 and not any("extra.jpg" in n for n in names)
+    drv.find_element(By.ID, "protect").click()
+    state = WebDriverWait(drv, 180, poll_frequency=0.3).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "failed")
+        and d.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+    assert state == "done", drv.find_element(By.ID, "message").text
+    assert [c.text for c in drv.find_elements(By.CSS_SELECTOR, "#result-list .r-name")] == ["obama-240p.jpg"]
+    rejected = drv.find_element(By.CSS_SELECTOR, "#chosen li.rejected")
+    assert "notes.txt: not a photo or video this page takes" in rejected.text
+    details = drv.find_element(By.ID, "details")
+    notes_text = drv.find_element(By.ID, "notes").text
+    assert "not used" not in notes_text  # developer notes are not in the plain-words summary
+    if drv.find_elements(By.CSS_SELECTOR, "#details-list li"):
+        assert details.is_displayed() and details.get_attribute("open") is None  # folded by default

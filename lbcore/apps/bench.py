@@ -379,8 +379,10 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
         "targets": [t["what"] + f" ({t['device']})" for t in TARGETS],
         "rows": [],
     }
+    built = {spec: pm.build("extractors", spec).to(dev).eval() for spec in specs}
+    log(f"estimate: {_estimate(built, options, pool_images, pool_faces, dev, pm, perf)}")
     for spec in specs:
-        ext = pm.build("extractors", spec).to(dev).eval()
+        ext = built[spec]
         flops = count_flops(ext, options.image_size, dev)
         for name in options.attacks:
             config = preset(name, steps=options.steps, seed=options.seed)
@@ -433,6 +435,34 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                     + ("" if row["speedup"] is None else f" ({row['speedup']}x baseline)"))
     result["target_checks"] = _check_targets(result)
     return result
+
+
+def _estimate(built: dict[str, Any], options: BenchOptions, images: Any, faces: Any, dev: Any, pm: Any,
+              perf: Any) -> str:
+    """How long the run will take, from one timed 1-step attack on one face per extractor."""
+    from lbcore.attacks import preset
+    from lbcore.engine import attack
+
+    total = 0.0
+    each = []
+    face_steps = options.steps * (sum(options.batches) * options.repeat
+                                  + (min(options.baseline_faces, max(options.batches)) if options.baseline else 0))
+    for ext in built.values():
+        x, f = images[:1], _first_faces(faces, 1)
+        attack(x, f, ext, preset("lb", steps=1), device=dev, plugin_manager=pm, performance=perf)  # warm-up
+        t0 = time.perf_counter()
+        attack(x, f, ext, preset("lb", steps=1), device=dev, plugin_manager=pm, performance=perf)
+        _sync(dev)
+        one = time.perf_counter() - t0
+        each.append(f"{one:.1f} s")
+        # per face-step (batching makes a step cheaper per face), times every attack
+        total += one * face_steps * len(options.attacks) + 3 * one
+    minutes = total / 60
+    when = f"about {total:.0f} s" if total < 90 else f"about {minutes:.0f} min"
+    return (f"{when} for {len(built)} extractor(s) x {len(options.attacks)} attack(s) x batches "
+            f"{', '.join(map(str, options.batches))}, T={options.steps} (extrapolated from a 1-step attack on one face: "
+            f"{', '.join(each)}; other load on the machine lengthens it; fewer --extractor or --batch values "
+            "shorten it)")
 
 
 def _first_faces(faces: Any, n: int) -> Any:

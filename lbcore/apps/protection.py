@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,8 @@ class ProtectOptions:
     check_compression: bool = True
     max_pixels: int | None = None
     max_frames: int | None = None
+    start: float = 0.0
+    duration: float | None = None
     report_every: int = 10
     amp: str = "auto"
     compile: bool = False
@@ -78,7 +81,7 @@ class ProtectOptions:
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
         keep = ("extractors", "attack", "strength", "eps", "steps", "robust", "detector", "boxes",
-                "min_face", "codec", "crf", "seed", "amp", "detect_every")
+                "min_face", "codec", "crf", "seed", "amp", "detect_every", "start", "duration")
         d = attrs.asdict(self)
         return {k: d[k] for k in keep}
 
@@ -409,6 +412,10 @@ class _Run:
             write_image_atomic(out, loaded.rgb, like=loaded, inputs=self.inputs)
             record.update(status="unchanged", faces=[], note="no face found: written unchanged")
         else:
+            from lbcore.io import display_path
+
+            self.log(f"{display_path(entry.path)}: {len(keep)} face(s) found; protecting "
+                     f"({self.config.steps} attack steps)")
             faces = Faces.from_lists([keep])
             adv = self.attack(x, faces)
             adv_rgb = adv[0].permute(1, 2, 0).to(self.torch.uint8).numpy()
@@ -469,11 +476,33 @@ class _Run:
         record: dict[str, Any] = {"input": str(entry.path), "output": str(out), "kind": "video"}
         if not segment and self.store.is_finished(entry.path, out):
             return self._resumed(out, record)
-        kwargs = {} if self.o.max_frames is None else {"max_frames": self.o.max_frames}
-        info = probe_video(entry.path, **kwargs)
+        kwargs: dict[str, Any] = {} if self.o.max_frames is None else {"max_frames": self.o.max_frames}
+        part = not segment and (self.o.start > 0 or self.o.duration is not None)
+        if part:
+            # --start/--duration: protect that part; --max-frames limits the part, not the file
+            info = probe_video(entry.path, max_frames=None)
+            span = self.part_span(entry.path, info)
+            kwargs = {"max_frames": None}
+            record.update(start=self.o.start, part_frames=[span[0], span[1]])
+        else:
+            info = probe_video(entry.path, **kwargs)
         out.parent.mkdir(parents=True, exist_ok=True)
         stats: dict[str, list[float]] = {}
         n_frames = n_faces = n_small = 0
+        # Ctrl-C keeps the frames done (lossless FFV1 only) as a hidden partial beside the output,
+        # which the next run copies and continues from
+        resumable = not segment and self.o.codec == "ffv1"
+        interrupted = False
+        partial = self.load_partial(entry, out) if resumable else None
+        written_times: list[Any] = []
+        first_time: list[Any] = []  # a part starts at time 0 in its own file
+        if partial is not None:
+            stats = partial["stats"]
+            n_frames, n_faces, n_small = partial["frames"], partial["faces_protected"], partial["skipped_small_faces"]
+            first_time = [Fraction(t) for t in partial["first_time"]]
+            base = 0 if span is None else span[0]
+            span = (base + n_frames, None if span is None else span[1])
+            self.log(f"{display_path(entry.path)}: continuing after the {n_frames} frames an interrupted run finished")
         prev_delta = None
         measured_batches = 0
         from tqdm import tqdm
@@ -504,62 +533,153 @@ class _Run:
         done_frames = [0 if span is None else span[0]]
         last_boxes: list[list[list[float]] | None] = [None]
 
-        frames_bar = tqdm(total=info.frame_count, unit="frame", desc=display_path(entry.path.name),
+        total = info.frame_count if span is None else min(span[1] or info.frame_count, info.frame_count) - span[0]
+        total += n_frames  # (frames a previous, interrupted run finished)
+        frames_bar = tqdm(total=total, unit="frame", desc=display_path(entry.path.name),
                           leave=False, disable=not self.bars, file=sys.stderr)
         with frames_bar, VideoWriter(out, info.fps, codec="ffv1" if segment else self.o.codec, crf=self.o.crf,
-                                     audio_from=entry.path if info.has_audio and not segment else None,
+                                     audio_from=entry.path if info.has_audio and not segment and not part else None,
                                      inputs=self.inputs) as writer:
 
             def encode(item: tuple[list[Any], np.ndarray]) -> None:  # background thread
                 for t, frame in zip(item[0], item[1], strict=True):
+                    if part and t is not None:
+                        if not first_time:
+                            first_time.append(t)
+                        t = t - first_time[0]
                     writer.write(frame, t)
+                    written_times.append(t)
+
+            if partial is not None:
+                from lbcore.io import iter_video_frames_timed as frames_of
+
+                saved = [None if t is None else Fraction(t) for t in partial["times"]]
+                for k, (rgb, _) in enumerate(frames_of(_partial_path(out), max_frames=None)):
+                    if k < len(saved):
+                        writer.write(rgb, saved[k])
+                        written_times.append(saved[k])
+                frames_bar.update(n_frames)
 
             # overlap=False: the same steps one after another (to measure what overlapping wins)
             with BackgroundWriter(encode, threaded=self.o.overlap) as encoder:
-                for times, staged, per_frame in (prefetch(batches()) if self.o.overlap else batches()):
-                    # frames, perturbation and warm start stay on the attack's device; only the
-                    # protected uint8 frames come back (and float copies for measured batches)
-                    x = staged.device
-                    n_small += sum(len(s) for _, s in per_frame)
-                    boxes = [k for k, _ in per_frame]
-                    adv = x
-                    measured = None
-                    if any(boxes):
-                        faces = Faces.from_lists(boxes)
-                        init = None
-                        if prev_delta is not None and prev_delta.shape == x.shape[1:]:
-                            init = x + prev_delta  # warm start from the previous frame's perturbation
-                        adv = self.attack_on_device(x, faces, init=init)
-                        flat = [b for bs in boxes for b in bs]
-                        n_faces += len(flat)
-                        # measure a subsample: the first batch with faces, then every report_every-th
-                        if measured_batches % max(1, self.o.report_every) == 0:
-                            measured = (faces, flat)
-                        measured_batches += 1
-                    prev_delta = (adv - x)[-1]
-                    adv_u8 = adv.permute(0, 2, 3, 1).to(self.torch.uint8).contiguous().cpu()
-                    encoder.put((times, adv_u8.numpy()))
-                    if measured is not None:
-                        adv_host = adv_u8.permute(0, 3, 1, 2).float()
-                        for row in self.measure(staged.host, adv_host, *measured, with_checks=False):
-                            for spec, e in row["extractors"].items():
-                                if e["nme"] is not None:
-                                    stats.setdefault(spec, []).append(e["nme"])
-                            stats.setdefault("_ssim", []).append(row["ssim"])
-                            stats.setdefault("_psnr", []).append(row["psnr"])
-                    n_frames += len(times)
-                    if raw is not None:
-                        raw.setdefault("times", []).extend(times)
-                    frames_bar.update(len(times))
-                    if not self.bars:
-                        self.log(f"{display_path(entry.path)}: {n_frames}/{info.frame_count} frames")
-        audio = writer.audio_note or ("copied" if info.has_audio and not segment else "none")
+                try:
+                    for times, staged, per_frame in (prefetch(batches()) if self.o.overlap else batches()):
+                        # frames, perturbation and warm start stay on the attack's device; only the
+                        # protected uint8 frames come back (and float copies for measured batches)
+                        x = staged.device
+                        n_small += sum(len(s) for _, s in per_frame)
+                        boxes = [k for k, _ in per_frame]
+                        adv = x
+                        measured = None
+                        if any(boxes):
+                            faces = Faces.from_lists(boxes)
+                            init = None
+                            if prev_delta is not None and prev_delta.shape == x.shape[1:]:
+                                init = x + prev_delta  # warm start from the previous frame's perturbation
+                            adv = self.attack_on_device(x, faces, init=init)
+                            flat = [b for bs in boxes for b in bs]
+                            n_faces += len(flat)
+                            # measure a subsample: the first batch with faces, then every report_every-th
+                            if measured_batches % max(1, self.o.report_every) == 0:
+                                measured = (faces, flat)
+                            measured_batches += 1
+                        prev_delta = (adv - x)[-1]
+                        adv_u8 = adv.permute(0, 2, 3, 1).to(self.torch.uint8).contiguous().cpu()
+                        encoder.put((times, adv_u8.numpy()))
+                        if measured is not None:
+                            adv_host = adv_u8.permute(0, 3, 1, 2).float()
+                            for row in self.measure(staged.host, adv_host, *measured, with_checks=False):
+                                for spec, e in row["extractors"].items():
+                                    if e["nme"] is not None:
+                                        stats.setdefault(spec, []).append(e["nme"])
+                                stats.setdefault("_ssim", []).append(row["ssim"])
+                                stats.setdefault("_psnr", []).append(row["psnr"])
+                        n_frames += len(times)
+                        if raw is not None:
+                            raw.setdefault("times", []).extend(times)
+                        frames_bar.update(len(times))
+                        if not self.bars:
+                            self.log(f"{display_path(entry.path)}: {n_frames}/{total} frames")
+                except KeyboardInterrupt:
+                    if not resumable:
+                        raise
+                    interrupted = True  # Ctrl-C: the frames handed to the encoder are finished below
+        if interrupted:
+            self.keep_partial(entry, out, writer.frames_written, written_times, first_time, stats,
+                              n_faces, n_small)
+            raise KeyboardInterrupt
+        if partial is not None:
+            _partial_path(out).unlink(missing_ok=True)
+            _partial_path(out, ".json").unlink(missing_ok=True)
+        audio = writer.audio_note or ("copied" if info.has_audio and not segment and not part else "none")
+        if part and info.has_audio:
+            audio = "not copied (a part of the video was protected)"
         self.video_record(record, stats, n_frames, n_faces, n_small, info.fps, audio)
         if raw is not None:
             raw.update(frames=n_frames, faces_protected=n_faces, skipped_small_faces=n_small, stats=stats)
         if not segment:
             self.store.mark_finished(entry.path, out, report=record)
         return record
+
+    def keep_partial(self, entry: Any, out: Path, frames: int, times: list[Any], first_time: list[Any],
+                     stats: dict[str, list[float]], n_faces: int, n_small: int) -> None:
+        """After Ctrl-C: the finished video ``out`` (its first ``frames`` frames) becomes the hidden
+        partial ``.NAME.partial.mkv`` with a sidecar that lets the next run continue."""
+        from lbcore.io import input_fingerprint, write_bytes_atomic
+
+        if frames == 0 or not out.exists():
+            out.unlink(missing_ok=True)
+            return
+        os.replace(out, _partial_path(out))
+        from lbcore.io import display_path
+
+        self.log(f"{display_path(entry.path)}: the {frames} frames done are kept; the next run continues from there")
+        side = {"input": input_fingerprint(entry.path), "settings_hash": self.store.settings_hash,
+                "frames": frames, "times": [None if t is None else str(t) for t in times[:frames]],
+                "first_time": [str(t) for t in first_time], "stats": stats, "faces_protected": n_faces,
+                "skipped_small_faces": n_small}
+        write_bytes_atomic(_partial_path(out, ".json"), json.dumps(side).encode(), self.inputs)
+
+    def load_partial(self, entry: Any, out: Path) -> dict[str, Any] | None:
+        """The partial an interrupted run left for ``out``, when it fits this input and these
+        settings (else it is deleted: redone from the start)."""
+        from lbcore.io import input_fingerprint
+
+        side, video = _partial_path(out, ".json"), _partial_path(out)
+        if not side.exists() or not video.exists():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(side.read_text(encoding="utf-8"))
+            fits = (not self.o.force and data["settings_hash"] == self.store.settings_hash
+                    and data["input"]["sha256"] == input_fingerprint(entry.path)["sha256"]
+                    and data["input"]["size"] == entry.path.stat().st_size
+                    and len(data["times"]) == data["frames"] > 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            fits = False
+        if not fits:
+            video.unlink(missing_ok=True)
+            side.unlink(missing_ok=True)
+            return None
+        return data
+
+    def part_span(self, path: Path, info: Any) -> tuple[int, int | None]:
+        """Frames ``[first, stop)`` of ``--start``/``--duration`` (seconds), checked against the
+        video's length and ``--max-frames``."""
+        from lbcore.io import display_path
+        from lbcore.io.video import readable_duration
+
+        fps = float(info.fps)
+        first = round(self.o.start * fps)
+        if first >= info.frame_count:
+            raise InputError(f"{display_path(path)}: --start {self.o.start:g} s is past the end of the video "
+                             f"({readable_duration(info.duration)})")
+        stop = None if self.o.duration is None else first + max(1, round(self.o.duration * fps))
+        n = min(stop or info.frame_count, info.frame_count) - first
+        if self.o.max_frames is not None and n > self.o.max_frames:
+            raise InputError(f"{display_path(path)}: the part has {n} frames ({readable_duration(n / fps)}), over "
+                             f"the limit of {self.o.max_frames} frames "
+                             f"({readable_duration(self.o.max_frames / fps)}; raise it with --max-frames)")
+        return first, stop
 
     def video_record(self, record: dict[str, Any], stats: dict[str, list[float]], n_frames: int, n_faces: int,
                      n_small: int, fps: Any, audio: str) -> dict[str, Any]:
@@ -634,6 +754,11 @@ def _iou(p: list[float], q: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _partial_path(out: Path, suffix: str = ".mkv") -> Path:
+    """Where an interrupted video's finished frames wait (hidden: never walked as an input)."""
+    return out.with_name(f".{out.name}.partial{suffix}")
+
+
 def _span_kwargs(span: tuple[int, int | None] | None) -> dict[str, Any]:
     return {} if span is None else {"start": span[0], "stop": span[1]}
 
@@ -666,6 +791,11 @@ def protect(
     options = attrs.evolve(options or ProtectOptions(), **kwargs)
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from lbcore.io import display_path
+
+        raise SpecError(f"{display_path(out)}: -o/--out names the output folder, and this is a file "
+                        "(give a folder, e.g. -o protected/; inputs are never overwritten)")
     for p in paths:
         if p.is_dir() and (os.path.realpath(p) == os.path.realpath(out)
                            or os.path.realpath(out).startswith(os.path.realpath(p) + os.sep)):
@@ -689,6 +819,8 @@ def protect(
     records: list[dict[str, Any]] = []
     t0 = time.monotonic()
     claimed: dict[Path, Path] = {}
+    interrupted = False
+    previews_noted = False
     for entry in entries:
         if entry.kind in ("error", "skip"):
             records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
@@ -708,8 +840,20 @@ def protect(
             bar.update(1)
             continue
         claimed[target] = entry.path
+        if entry.kind == "video" and options.preview and not previews_noted:
+            previews_noted = True
+            run.notes.append("--preview draws side-by-side previews of photos only; none is written for "
+                             f"videos such as {name}: play the protected video beside the original to compare")
         try:
             rec = run.image(entry) if entry.kind == "image" else run.video(entry)
+        except KeyboardInterrupt:
+            # Ctrl-C: stop now, keep what is finished, and still write the report of it
+            interrupted = True
+            rec = {"input": str(entry.path), "kind": entry.kind, "status": "interrupted",
+                   "error": f"{name}: interrupted (Ctrl-C) before it finished; run the same command again "
+                            "to finish it (finished files are skipped)"}
+            records.append(rec)
+            break
         except LBError as err:
             msg = str(err)
             if name not in msg:  # every error line names its file
@@ -726,6 +870,10 @@ def protect(
         run.log(f"{name}: {rec['status']}")
         bar.update(1)
     bar.close()
+    if interrupted:
+        done = {r["input"] for r in records}
+        records += [{"input": str(e.path), "kind": e.kind, "status": "not started"}
+                    for e in entries if str(e.path) not in done]
     report = {
         "settings": {**options.settings(), "extractors": list(run.attacked), "held_out": list(run.held),
                      "eps": run.config.eps, "steps": run.config.steps, "threshold": options.threshold,
@@ -735,6 +883,8 @@ def protect(
         "summary": _summary(records, options.threshold),
         "seconds": round(time.monotonic() - t0, 2),
     }
+    if interrupted:
+        report["interrupted"] = True
     write_bytes_atomic(out / "report.json", json.dumps(report, indent=2, default=str).encode(), files)
     return report
 
@@ -749,11 +899,22 @@ def _summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     status: dict[str, int] = {}
     for r in records:
         status[r["status"]] = status.get(r["status"], 0) + 1
+    videos = [r for r in records if r.get("kind") == "video" and r.get("status") in ("protected", "done earlier")]
+    video_faces = sum(int(r.get("faces_protected") or 0) for r in videos)
+    broken_photos = sum(all(e["broken"] for e in f["extractors"].values() if e["attacked"]) for f in faces)
+    # faces measured and left below the threshold: photo faces not broken for every attacked
+    # extractor (or not measurable), and in videos the measured faces the weakest extractor kept
+    not_broken = len(faces) - broken_photos
+    for r in videos:
+        not_broken += max((round((1 - v["broken_fraction"]) * v["faces_measured"])
+                           for v in (r.get("extractors") or {}).values() if v.get("attacked")), default=0)
     return {
         "files": status,
-        "faces": len(faces),
-        "faces_broken_all_attacked": sum(
-            all(e["broken"] for e in f["extractors"].values() if e["attacked"]) for f in faces),
+        "faces": len(faces) + video_faces,
+        "photo_faces": len(faces),
+        "video_faces": video_faces,
+        "faces_broken_all_attacked": broken_photos,
+        "faces_not_broken": not_broken,
         "nme_mean": {k: round(float(np.mean(v)), 4) for k, v in per_ext.items()},
         "ssim_mean": round(float(np.mean([f["ssim"] for f in faces])), 4) if faces else None,
         "threshold": threshold,

@@ -74,6 +74,9 @@ def build_config(attack_name: str | None, loss: str | None, optimizer: str | Non
 
 
 def apply_weights_option(pairs: tuple[str, ...]) -> None:
+    """Register ``--weights NAME=PATH`` pairs; a name no extractor knows or a missing file is an
+    error (exit 3), never silently ignored."""
+    from lbcore.errors import WeightsError
     from lbcore.weights import register_explicit_weights
 
     mapping = {}
@@ -81,7 +84,18 @@ def apply_weights_option(pairs: tuple[str, ...]) -> None:
         name, eq, path = p.partition("=")
         if not eq or not name or not path:
             raise SpecError(f"bad --weights {p!r}: expected NAME=PATH")
+        if not Path(path).expanduser().is_file():
+            raise WeightsError(f"{Path(path).expanduser()}: weights file not found (given as --weights {name}=...)")
         mapping[name] = path
+    if mapping:
+        from lbcore.plugins import get_plugin_manager
+
+        known = {w.name for comp in get_plugin_manager().components("extractors").values()
+                 for key in ("weights", "demo_weights") for w in comp.metadata.get(key, []) or []}
+        for name in mapping:
+            if name not in known:
+                raise WeightsError(f"--weights {name}=...: no installed extractor uses weights named {name!r} "
+                                   f"(known: {', '.join(sorted(known)) or 'none'}; see `lb weights list`)")
     register_explicit_weights(mapping)
 
 

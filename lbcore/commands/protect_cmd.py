@@ -23,6 +23,9 @@ def _table(report: dict[str, Any]) -> list[str]:
         if status == "error":
             lines.append(f"{name}: ERROR {rec.get('error')}")
             continue
+        if status in ("interrupted", "not started"):
+            lines.append(f"{name}: {status}")
+            continue
         if status == "skipped":
             lines.append(f"{name}: skipped ({rec.get('error')})")
             continue
@@ -52,8 +55,15 @@ def _table(report: dict[str, Any]) -> list[str]:
                 parts.append(f"{k}{tag} NME {e['nme']:.2f} {verdict}{extra}")
             lines.append(f"  face {i + 1}: " + "; ".join(parts) + f"; SSIM_I {f['ssim']:.3f} (in-box {f['ssim_box']:.3f}), PSNR {f['psnr']:.1f} dB")
     s = report["summary"]
-    lines.append(f"{s['faces']} face(s) protected, {s['faces_broken_all_attacked']} broken for every attacked "
-                 f"extractor (NME > {thr}); report: {report.get('report_path', '')}")
+    photo_faces = s.get("photo_faces", s["faces"])
+    if s.get("video_faces"):
+        lines.append(f"{s['faces']} face(s) protected ({photo_faces} in photos, {s['video_faces']} in video "
+                     f"frames); {s['faces_broken_all_attacked']} of the {photo_faces} photo face(s) broken for "
+                     f"every attacked extractor (NME > {thr}), videos as above; "
+                     f"report: {report.get('report_path', '')}")
+    else:
+        lines.append(f"{s['faces']} face(s) protected, {s['faces_broken_all_attacked']} broken for every attacked "
+                     f"extractor (NME > {thr}); report: {report.get('report_path', '')}")
     return lines
 
 
@@ -71,27 +81,33 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--strength", default="medium", show_default=True, type=click.Choice(["low", "medium", "high"]),
               help="low: eps 8, 10 steps (least visible); medium: eps 15, 20 steps (the paper's); "
                    "high: eps 24, 30 steps (strongest, more visible). eps is on the 0..255 scale.")
-@click.option("--eps", type=float, default=None, help="Override the strength's L-inf budget (0..255).")
-@click.option("--steps", type=int, default=None, help="Override the strength's iteration count.")
+@click.option("--eps", type=click.FloatRange(0, 255, min_open=True), default=None,
+              help="Override the strength's L-inf budget (0..255).")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Override the strength's iteration count.")
 @click.option("--robust", is_flag=True,
               help="Optimise through a differentiable JPEG so protection survives re-compression (slower).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--detector", default="auto", show_default=True, metavar="SPEC", help="Face detector.")
 @click.option("--box", "boxes", multiple=True, metavar="x1,y1,x2,y2",
               help="Protect this face box instead of detecting faces (repeatable, every input).")
-@click.option("--min-face", type=int, default=40, show_default=True,
+@click.option("--min-face", type=click.IntRange(min=1), default=40, show_default=True,
               help="Faces smaller than this (pixels) are reported and skipped.")
-@click.option("--threshold", type=float, default=0.1, show_default=True,
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="NME above which a face's landmarks count as broken.")
 @click.option("--codec", type=click.Choice(["ffv1", "h264", "png"]), default="ffv1", show_default=True,
               help="Video output: lossless FFV1/MKV, H.264 MP4 at --crf, or a folder of PNG frames.")
-@click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Video frames attacked together.")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Video frames attacked together.")
 @click.option("--preview", is_flag=True, help="Write side-by-side previews with landmarks before/after.")
 @click.option("--force", is_flag=True, help="Redo files a previous run finished.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-pixels", type=int, default=None, help="Largest image accepted (pixels).")
-@click.option("--max-frames", type=int, default=None, help="Longest video accepted (frames).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Largest image accepted (pixels).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Longest video (or part, with --start/--duration) accepted, in frames.")
+@click.option("--start", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="Videos: protect from this time on (the output holds only the protected part; no audio).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Videos: protect this many seconds (from --start).")
 @click.option("--no-compression-check", is_flag=True, help="Skip the JPEG/C2 re-compression checks in the report.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default="auto", show_default=True,
               help="Autocast of the extractors (auto: bf16 on GPUs, none on the CPU; on CPUs with AVX512-BF16/AMX "
@@ -101,6 +117,9 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Videos: run the face detector on every N-th frame and interpolate the boxes in between "
                    "(the detector can cost more than the attack on large frames).")
 @click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
+@click.option("--require-broken", is_flag=True,
+              help="Exit with status 4 when any measured face stays below --threshold for an attacked "
+                   "extractor (the files are still written).")
 @click.option("--example", is_flag=True, help="Protect a bundled sample photo (scikit-image's astronaut).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -109,13 +128,16 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
                 device: str, detector: str, boxes: tuple[str, ...], min_face: int, threshold: float,
                 codec: str, crf: int, batch_size: int, preview: bool, force: bool, seed: int,
                 max_pixels: int | None, max_frames: int | None, no_compression_check: bool, amp: str,
-                compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool) -> None:
+                compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool,
+                require_broken: bool = False, start: float = 0.0, duration: float | None = None) -> None:
     """Protect every face in INPUTS (images, folders, videos) against DeepFake face-swapping.
 
     Adds an imperceptible perturbation that breaks facial landmark extraction (Landmark Breaker,
     WIFS 2020), writes the protected files to OUT (lossless; inputs are never overwritten; a
     rerun skips finished files) and reports per face how far each extractor's landmarks moved.
-    Exit status: 0 all done, 1 some inputs failed, 2 bad usage, 3 missing weights/plugins.
+    Exit status: 0 all done, 1 some inputs failed, 2 bad usage, 3 missing weights/plugins,
+    4 some face not broken (only with --require-broken), 130 interrupted (Ctrl-C; the report
+    lists what finished, a rerun continues).
     """
     from lbcore.apps.protection import ProtectOptions, protect
     from lbcore.errors import SpecError
@@ -132,18 +154,24 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         boxes=tuple(parse_box(b) for b in boxes), min_face=min_face, threshold=threshold, codec=codec,
         crf=crf, force=force, preview=preview, batch_size=batch_size, seed=seed,
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
-        amp=amp, compile=compile_, detect_every=detect_every,
+        amp=amp, compile=compile_, detect_every=detect_every, start=start, duration=duration,
     )
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     # bars only for a person watching a terminal; logs and pipes get plain lines
     bars = not (quiet or as_json) and sys.stderr.isatty()
-    report = protect(paths, outdir, options, progress=log, progress_bar=bars)
-    print_report(report, outdir, quiet, as_json)
+    try:
+        report = protect(paths, outdir, options, progress=log, progress_bar=bars)
+    except KeyboardInterrupt:  # while loading the models, before the first file
+        click.echo("lb: interrupted before any file was protected", err=True)
+        raise SystemExit(130) from None
+    print_report(report, outdir, quiet, as_json, require_broken=require_broken)
 
 
-def print_report(report: dict[str, Any], outdir: Path, quiet: bool, as_json: bool) -> None:
-    """The end of `lb protect` (also `lb distributed protect`): JSON or notes + table; exit 1
-    when any input failed."""
+def print_report(report: dict[str, Any], outdir: Path, quiet: bool, as_json: bool, *,
+                 require_broken: bool = False, start: float = 0.0, duration: float | None = None) -> None:
+    """The end of `lb protect` (also `lb distributed protect`): JSON or notes + table; exit 130
+    when interrupted, 1 when any input failed, 4 (with ``require_broken``) when a face was not
+    broken."""
     report["report_path"] = str(outdir / "report.json")
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -152,17 +180,31 @@ def print_report(report: dict[str, Any], outdir: Path, quiet: bool, as_json: boo
             click.echo(f"note: {note}", err=True)
         for line in _table(report):
             click.echo(line)
+    if report.get("interrupted"):
+        click.echo("lb: interrupted: finished files are kept and listed in the report; run the same "
+                   "command again to continue", err=True)
+        raise SystemExit(130)
     if any(r["status"] == "error" for r in report["files"]):
         raise SystemExit(1)
+    if require_broken and report["summary"].get("faces_not_broken"):
+        n = report["summary"]["faces_not_broken"]
+        click.echo(f"lb: {n} measured face(s) not broken (NME <= {report['settings']['threshold']} for an "
+                   "attacked extractor): exit 4 (--require-broken)", err=True)
+        raise SystemExit(4)
 
 
 def _example_photo(outdir: Path) -> Path:
-    """scikit-image's public-domain astronaut photo, written once beside the outputs."""
+    """scikit-image's public-domain astronaut photo, written once into the user's cache folder
+    (``$XDG_CACHE_HOME/landmark-breaker/example``), never into the current folder."""
+    import os
+
     from skimage import data
 
     from lbcore.io import write_image_atomic
 
-    src = outdir.parent / (outdir.name + "-example-input") / "astronaut.png"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    src = Path(base) / "landmark-breaker" / "example" / "astronaut.png"
+    click.echo(f"example input: {src}", err=True)
     if not src.exists():
         src.parent.mkdir(parents=True, exist_ok=True)
         write_image_atomic(src, data.astronaut())

@@ -49,13 +49,11 @@ def serve_cmd(host: str, port: int, max_upload_mb: float, max_files: int, max_fr
 
     apply_weights_option(weights)
     logging.basicConfig(level=logging.INFO, format="lb serve: %(message)s")
-    log = logging.getLogger("lbcore.apps.web")
     loopback = is_loopback(host)
     if not loopback:
         warning = (f"WARNING: listening on {host}: anyone who can reach this computer on that network can use "
                    "the page and upload files to it. Use the default --host 127.0.0.1 to keep it private.")
-        click.echo(warning, err=True)
-        log.warning(warning)
+        click.echo(warning, err=True)  # once: the log goes to the same terminal
     options: dict[str, Any] = {"device": device, "detector": detector}
     if extractors:
         options["extractors"] = tuple(extractors)

@@ -54,7 +54,11 @@ def display_path(path: PathLike | bytes) -> str:
     be printed; this is the form used in every message.
     """
     raw = path if isinstance(path, bytes) else os.fsencode(path)
-    return raw.decode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    # a newline, tab or other control character in a name would break "one line per file"
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _one_line(text: object) -> str:
@@ -284,15 +288,32 @@ def iter_inputs(
     Yields:
         :class:`InputEntry` records.
     """
+    paths = list(paths)
     visited: set[tuple[int, int]] = set()
     for ex in exclude:
         with contextlib.suppress(OSError):
             st = os.stat(ex)
             visited.add((st.st_dev, st.st_ino))
     claimed: dict[Path, Path] = {}
+    walked: set[tuple[int, int]] = set()  # files found in folders
+    named: set[tuple[int, int]] = set()  # files given by name
+    # several inputs: each folder is mirrored under its own name (faces/a.jpg and photos/a.jpg
+    # cannot collide); a single folder's contents go straight into the output folder
+    own_names = len(paths) > 1
 
-    def emit(entry: InputEntry) -> InputEntry:
+    def emit(entry: InputEntry, by_name: bool = False) -> InputEntry | None:
         if entry.kind in ("image", "video"):
+            try:
+                st = os.stat(entry.path)
+                key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            except OSError:
+                key = None
+            if key is not None:
+                # a file given by name and also inside a given folder (or twice by name) is
+                # protected once; links between files inside folders still mirror both names
+                if key in named or (by_name and key in walked):
+                    return None
+                (named if by_name else walked).add(key)
             prev = claimed.get(entry.rel)
             if prev is not None:
                 return entry._replace(
@@ -316,8 +337,11 @@ def iter_inputs(
                 yield InputEntry(root, Path(), "skip", f"{display_path(root)}: folder already walked or excluded")
                 continue
             visited.add(key)
-            for entry in _walk(root, Path(), recursive, visited, include_hidden):
-                yield emit(entry)
+            base = Path(_root_name(root)) if own_names else Path()
+            for entry in _walk(root, base, recursive, visited, include_hidden):
+                out = emit(entry)
+                if out is not None:
+                    yield out
         elif stat.S_ISREG(st.st_mode):
             kind = media_kind(root)
             if kind is None:
@@ -328,9 +352,23 @@ def iter_inputs(
             elif not os.access(root, os.R_OK):
                 yield InputEntry(root, Path(root.name), "error", f"{display_path(root)}: not readable (permission denied)")
             else:
-                yield emit(InputEntry(root, Path(root.name), kind))
+                out = emit(InputEntry(root, Path(root.name), kind), by_name=True)
+                if out is not None:
+                    yield out
         else:
             yield InputEntry(root, Path(root.name), "error", f"{display_path(root)}: not a regular file or folder")
+
+
+def _root_name(root: Path) -> str:
+    """The name an input folder is mirrored under (``.`` and ``..`` become the real folder's name)."""
+    name = root.name
+    if name in ("", ".", ".."):
+        name = Path(os.path.abspath(root)).name or "input"
+    return name
+
+
+SYMLINK_LOOP = "symbolic link loop; skipped"
+"""The one message for every symbolic link loop met while walking (self-loops and longer ones)."""
 
 
 def _os_problem(path: Path, err: OSError) -> str:
@@ -367,7 +405,11 @@ def _walk(
         try:
             st = os.stat(path)
         except OSError as err:
-            if kind is not None:  # only report what would have been an input
+            import errno
+
+            if err.errno == errno.ELOOP:  # a link loop of any length: said, whatever its name
+                yield InputEntry(path, sub, "error", f"{display_path(path)}: {SYMLINK_LOOP}")
+            elif kind is not None:  # only report what would have been an input
                 yield _error_entry(path, sub, err)
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -375,9 +417,10 @@ def _walk(
                 continue
             key = (st.st_dev, st.st_ino)
             if key in visited:
-                yield InputEntry(
-                    path, sub, "skip", f"{display_path(path)}: folder already walked (symbolic link loop?); skipped"
-                )
+                real, here = os.path.realpath(path), os.path.realpath(folder)
+                looped = here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+                problem = SYMLINK_LOOP if looped else "folder already walked; skipped"
+                yield InputEntry(path, sub, "skip", f"{display_path(path)}: {problem}")
                 continue
             visited.add(key)
             yield from _walk(path, sub, recursive, visited, include_hidden)

@@ -47,10 +47,11 @@ _HASH_PART = 4 << 20
 
 
 def input_fingerprint(path: PathLike) -> dict[str, Any]:
-    """Size, mtime and a sha256 prefix of a file's bytes.
+    """Size, mtime and the sha256 of a file's bytes (all 64 hex digits).
 
-    The sha256 covers the whole file up to 8 MiB, else its first and last 4 MiB plus its size
-    (cheap on long videos; with the size and mtime it catches any realistic change).
+    The sha256 covers the whole file up to 8 MiB (``sha256_scope: "whole"``: the same digest
+    ``sha256sum`` prints), else its first and last 4 MiB plus its size (``"head+tail 4 MiB"``;
+    cheap on long videos; with the size and mtime it catches any realistic change).
     """
     path = Path(path)
     st = os.stat(path)
@@ -65,14 +66,14 @@ def input_fingerprint(path: PathLike) -> dict[str, Any]:
             h.update(f.read(_HASH_PART))
             h.update(str(st.st_size).encode())
             scope = "head+tail 4 MiB"
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()[:16], "sha256_scope": scope}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest(), "sha256_scope": scope}
 
 
 class ResultStore:
     """Decides which outputs a rerun can skip, and records finished ones.
 
     An output counts as finished when its final name exists (:func:`is_done`) *and* its sidecar
-    says it was made from the same input (size, then mtime or sha256 prefix) with the same
+    says it was made from the same input (size, then mtime or sha256) with the same
     settings. ``force=True`` redoes everything.
 
     Args:
@@ -100,7 +101,9 @@ class ResultStore:
                 return False
             if saved["mtime_ns"] == st.st_mtime_ns:
                 return True
-            return bool(saved["sha256"] == input_fingerprint(input_path)["sha256"])
+            digest = input_fingerprint(input_path)["sha256"]
+            # sidecars of earlier versions hold the digest's first 16 hex digits
+            return bool(saved["sha256"] == digest or (len(saved["sha256"]) == 16 and digest.startswith(saved["sha256"])))
         except (OSError, ValueError, KeyError, TypeError):
             return False  # no or unreadable sidecar: redo (safe: outputs are replaced atomically)
 

@@ -91,16 +91,23 @@ def _read_check(path: Path) -> None:
         raise _input_error(path, "not readable (permission denied)")
 
 
-def _hms(seconds: float) -> str:
+def readable_duration(seconds: float) -> str:
+    """``seconds`` as people say it: ``0.4 s``, ``9.2 s``, ``1 min 05 s``, ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.2g} s" if seconds < 1 else f"{seconds:.1f} s"
     s = round(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s // 60 % 60:02d} min"
 
 
 def _frames_limit_error(path: Path, n: int | str, fps: Fraction, max_frames: int) -> InputError:
+    length = f" ({readable_duration(n / float(fps))})" if isinstance(n, int) else ""
     return _input_error(
         path,
-        f"video has {n} frames, over the limit of {max_frames} frames "
-        f"({_hms(max_frames / float(fps))} at {float(fps):.4g} fps; raise it with --max-frames)",
+        f"video has {n} frames{length}, over the limit of {max_frames} frames "
+        f"({readable_duration(max_frames / float(fps))} at {float(fps):.4g} fps; raise it with --max-frames, "
+        "or protect a part with --start/--duration)",
     )
 
 
@@ -457,8 +464,11 @@ class VideoWriter:
             if time is None:
                 raise ValueError("once the first frame has a time, every frame needs one")
             pts = round(Fraction(time) / self._TIMED_BASE)
-            pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the rounding
-            t_now = float(Fraction(time))
+            if self._last_pts >= 0 and pts <= self._last_pts:
+                # a time that repeats or goes back (a clip whose times are all 0 became a 0.002 s
+                # video): repaired to one frame period after the frame before
+                pts = self._last_pts + max(1, round(1 / (self.fps * self._TIMED_BASE)))
+            t_now = float(pts * self._TIMED_BASE)
         else:
             pts = self.frames_written
             t_now = float(pts / self.fps)

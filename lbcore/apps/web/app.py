@@ -7,17 +7,25 @@ Routes (JSON unless noted):
 
 * ``GET /`` - the page (HTML). Each page load is a new session whose id is written into the page.
 * ``POST /api/jobs`` - multipart ``files`` (repeatable), ``strength`` (low/medium/high) and
-  ``robust`` (1/0); header ``X-LB-Session``. Answers 202 with the job's id and URL, or 400/413
-  with ``{"error": ..., "problems": [...]}``.
-* ``GET /api/jobs/<id>`` - state, progress (0..1 and a line of text), and once done the results.
+  ``robust`` (1/0); header ``X-LB-Session``. Answers 202 with the job's id and URL and the files
+  it could not take (``rejected``: name and problem each; the good files go ahead), 400/413 with
+  ``{"error": ..., "problems": [...]}`` when no file is usable, 429 when the session already has
+  ``max_queued`` unfinished jobs.
+* ``GET /api/jobs/<id>`` - state, queue ``position``, progress (0..1 and a line of text), and
+  once done the results.
 * ``GET /api/jobs/<id>/files/<n>/preview`` - the side-by-side PNG of file ``n``.
 * ``GET /api/jobs/<id>/files/<n>/download`` - the protected file ``n`` (attachment).
 * ``GET /api/jobs/<id>/download`` - every protected file and the report in one zip.
 * ``POST /api/clear`` - end the session and delete its files (header or form field ``session``).
 
-Safety: bound to loopback by default, requests whose Host is not a loopback name are refused
-(so a web site cannot reach the server by re-pointing its own host name at 127.0.0.1); no
-cookies: the session id travels in a header, so other sites cannot submit jobs; uploads are
+Every ``/api/jobs/<id>...`` URL answers only with the header ``X-LB-Session`` of the session that
+submitted the job (the page fetches previews and downloads with it). Closing the page
+(``/api/clear``) cancels its running job at the next progress step.
+
+Safety: bound to loopback by default, requests whose Host is not ``localhost`` or a literal
+loopback address are refused (so a web site cannot reach the server by re-pointing its own host
+name, even ``127.0.0.1.example.com``, at 127.0.0.1); a POST whose ``Origin`` is another site is
+refused; no cookies: the session id travels in a header, so other sites cannot submit jobs; uploads are
 size-limited and spooled only inside the server's private temporary folder; the page loads
 nothing from the network.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import tempfile
 import threading
 import zipfile
@@ -57,11 +66,31 @@ DEFAULT_MAX_FRAMES = 900
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
+DEFAULT_MAX_QUEUED = 3
+"""Most unfinished jobs (queued or running) one page session may have at a time."""
+
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or address, brackets allowed) only listens on this computer."""
-    h = host.strip("[]").lower()
-    return h in LOOPBACK_HOSTS or h.startswith("127.")
+    """Whether ``host`` (a name or address, brackets allowed, no port) only listens on this computer.
+
+    Only the name ``localhost`` and literal loopback addresses count (``127.0.0.0/8``, ``::1``,
+    ``::ffff:127.x.y.z``): a name such as ``127.0.0.1.example.com`` may resolve anywhere, and a
+    web site that points its own name at 127.0.0.1 must not become the page's origin.
+    """
+    import ipaddress
+
+    h = host.strip().lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 class _PrivateRequest(Request):
@@ -82,6 +111,7 @@ def create_app(
     max_files: int = DEFAULT_MAX_FILES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    max_queued: int = DEFAULT_MAX_QUEUED,
     loopback_only: bool = True,
     session_ttl_s: float = 3600.0,
     temp_root: str | os.PathLike[str] | None = None,
@@ -97,6 +127,7 @@ def create_app(
         max_files: most files per Protect.
         max_pixels: largest photo accepted (width x height).
         max_frames: longest video accepted (frames).
+        max_queued: most unfinished jobs one page session may have at a time.
         loopback_only: refuse requests whose Host header is not a loopback name (set False when
             serving on another interface on purpose).
         session_ttl_s: idle seconds after which a session's files are deleted.
@@ -136,6 +167,13 @@ def create_app(
     def _check_host() -> Any:
         if loopback_only and not is_loopback(_hostname(request.host or "")):
             return _error(f"this server answers only to 127.0.0.1 or localhost, not {request.host!r}", 400)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # a state-changing request from a browser names its page's origin: it must be this server
+            origin = request.headers.get("Origin")
+            if origin is not None and not _same_origin(origin, request.host or ""):
+                return _error(f"requests from {origin!r} are refused: use the page this server shows", 403)
+            if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                return _error("requests from other sites are refused: use the page this server shows", 403)
         return None
 
     @app.after_request
@@ -188,8 +226,10 @@ def create_app(
         return session
 
     def _job(job_id: str) -> Job:
+        """The job, only for the page session that submitted it (header ``X-LB-Session``)."""
+        sid = request.headers.get("X-LB-Session")
         job = store.job(job_id)
-        if job is None:
+        if job is None or not sid or not secrets.compare_digest(job.session.id, sid):
             abort(_error("No such job (its session may have ended): reload the page.", 404))
         return job
 
@@ -207,8 +247,13 @@ def create_app(
         if strength not in STRENGTHS:
             return _error(f"Unknown strength {strength!r}: choose {', '.join(STRENGTHS)}.", 400)
         robust = request.form.get("robust", "0").lower() in ("1", "true", "on", "yes")
+        unfinished = sum(1 for j in session.jobs.values() if j.state in ("queued", "running"))
+        if unfinished >= max_queued:
+            return _error(f"This page already has {unfinished} unfinished job(s), the most one page may have: "
+                          "wait for one to finish, then press Protect again.", 429)
         job = store.new_job(session)
         problems: list[str] = []
+        rejected: list[dict[str, str]] = []
         used: set[str] = set()
         for i, upload in enumerate(uploads):
             name = os.path.basename((upload.filename or "").replace("\\", "/")) or f"file {i + 1}"
@@ -216,21 +261,26 @@ def create_app(
             upload.save(path)
             problem = _check_media(path, name, max_pixels, max_frames)
             if problem:
+                # the good files still go ahead; the page shows this one's problem beside its name
                 problems.append(problem)
+                rejected.append({"index": str(i), "name": name, "problem": problem})
+                path.unlink(missing_ok=True)
+                continue
             job.inputs.append(path)
             job.names.append(name)
-        if problems:
+        if not job.inputs:
             from lbcore.apps.web.store import _rmtree
 
             _rmtree(job.folder)
             what = "This file cannot" if len(problems) == 1 else f"{len(problems)} files cannot"
-            return _error(f"{what} be protected: " + "; ".join(problems), 400, problems=problems)
+            return _error(f"{what} be protected: " + "; ".join(problems), 400, problems=problems,
+                          rejected=rejected)
         job.options = {**base_options, "strength": strength, "robust": robust, "preview": True,
                        "max_pixels": max_pixels, "max_frames": max_frames}
         store.submit(job)
-        log.info("job %s: %d file(s), strength %s%s", job.id[:6], len(uploads), strength,
+        log.info("job %s: %d file(s), strength %s%s", job.id[:6], len(job.inputs), strength,
                  ", robust" if robust else "")
-        return jsonify(job=job.id, url=f"/api/jobs/{job.id}"), 202
+        return jsonify(job=job.id, url=f"/api/jobs/{job.id}", problems=problems, rejected=rejected), 202
 
     @app.get("/api/jobs/<job_id>")
     def status(job_id: str) -> Any:
@@ -238,7 +288,7 @@ def create_app(
         body: dict[str, Any] = {
             "job": job.id, "state": job.state, "fraction": round(job.fraction, 3),
             "message": job.message, "error": job.error, "files_total": len(job.inputs),
-            "files_done": job.files_done,
+            "files_done": job.files_done, "position": store.position(job),
             "elapsed": round((job.finished or _now()) - job.started, 1) if job.started else 0.0,
         }
         if job.state == "done" and job.report is not None:
@@ -345,6 +395,17 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether the ``Origin`` header ``origin`` names this server (``host`` is the Host header)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.lower()
+
+
 def _error(message: str, code: int, **extra: Any) -> Response:
     """A JSON error for the page; one line, never a traceback."""
     resp = jsonify(error=message, **extra)
@@ -379,6 +440,7 @@ def _check_media(path: Path, name: str, max_pixels: int, max_frames: int) -> str
     except LBError as err:
         msg = str(err).replace(str(path), name)
         msg = msg.replace("(raise it with --max-pixels)", "").replace("(raise it with --max-frames)", "")
+        msg = msg.replace("; raise it with --max-frames, or protect a part with --start/--duration", "")
         return msg.strip().rstrip(",;")
     return None
 

@@ -29,7 +29,7 @@ import attrs
 
 log = logging.getLogger("lbcore.apps.web")
 
-__all__ = ["Job", "Session", "SessionStore"]
+__all__ = ["Job", "JobCancelled", "Session", "SessionStore"]
 
 
 @attrs.define(eq=False)
@@ -42,7 +42,8 @@ class Job:
     inputs: list[Path]
     names: list[str]
     options: dict[str, Any]
-    state: str = "queued"  # queued -> running -> done | failed
+    state: str = "queued"  # queued -> running -> done | failed | cancelled
+    seq: int = 0  # submission order (the queue position counts the unfinished jobs before it)
     files_done: int = 0
     file_fraction: float = 0.0
     message: str = "waiting for an earlier job to finish"
@@ -75,6 +76,14 @@ class Job:
 
 
 _FRAMES = re.compile(r": (\d+)/(\d+) frames$")
+
+
+_FINAL = frozenset({"protected", "unchanged", "done earlier", "error", "skipped", "interrupted"})
+"""The status words that end a file's progress ("<path>: <status>")."""
+
+
+class JobCancelled(BaseException):  # not an Exception: protect() must not record it as a file error
+    """Raised inside a running job (from its progress callback) once its page session has ended."""
 
 
 @attrs.define(eq=False)
@@ -121,6 +130,7 @@ class SessionStore:
         self.lock = threading.RLock()
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.closed = False
+        self._seq = 0
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="lb-web-sweeper", daemon=True)
@@ -192,9 +202,19 @@ class SessionStore:
         (folder / "in").mkdir(parents=True, mode=0o700)
         return Job(jid, session, folder, [], [], {})
 
+    def position(self, job: Job) -> int:
+        """How many unfinished jobs (of any session) run or wait before ``job``; 0 once it runs."""
+        if job.state != "queued":
+            return 0
+        with self.lock:
+            return sum(1 for j in self.jobs.values()
+                       if j.seq < job.seq and j.state in ("queued", "running") and not j.session.closed)
+
     def submit(self, job: Job) -> None:
         """Queue a job whose inputs are in place; the worker starts when first needed."""
         with self.lock:
+            self._seq += 1
+            job.seq = self._seq
             job.session.jobs[job.id] = job
             self.jobs[job.id] = job
             if self._worker is None or not self._worker.is_alive():
@@ -220,11 +240,13 @@ class SessionStore:
         done_prefixes = [f"{p}: " for p in job.inputs]
 
         def progress(line: str) -> None:
+            if job.session.closed or self.closed:
+                raise JobCancelled  # the page was closed: stop at the next step, not at the end
             m = _FRAMES.search(line)
             if m:
                 job.file_fraction = int(m.group(1)) / max(1, int(m.group(2)))
                 job.message = job.display(line)
-            elif any(line.startswith(p) for p in done_prefixes):
+            elif any(line.startswith(p) and line[len(p):] in _FINAL for p in done_prefixes):
                 job.files_done += 1
                 job.file_fraction = 0.0
                 following = job.names[job.files_done] if job.files_done < len(job.names) else None
@@ -235,6 +257,9 @@ class SessionStore:
         try:
             job.report = self.run(job.inputs, job.out_dir, progress=progress, **job.options)
             job.state, job.message = "done", "finished"
+        except JobCancelled:
+            job.state, job.message = "cancelled", "cancelled: the page was closed"
+            log.info("job %s cancelled: its page was closed", job.id[:6])
         except Exception as err:  # a user problem or a bug: the page gets one line, the log the rest
             from lbcore.errors import LBError
 

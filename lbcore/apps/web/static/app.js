@@ -15,7 +15,47 @@
   const progressBox = $("progress-box"), progress = $("progress"), progressText = $("progress-text");
   const results = $("results"), resultList = $("result-list"), zip = $("zip"), notes = $("notes");
   let files = [];
+  let rejected = {};  // file name -> the server's reason it cannot be protected
   let busy = false;
+  let running = null;  // the job being polled (cancelled when the page closes)
+
+  // Every job URL needs this page's session: previews and downloads are fetched with it.
+  function authed(url, opts) {
+    return fetch(url, Object.assign({ cache: "no-store" }, opts || {},
+      { headers: Object.assign({ "X-LB-Session": session }, (opts || {}).headers || {}) }));
+  }
+
+  async function blobUrl(url) {
+    const resp = await authed(url);
+    if (!resp.ok) throw new Error(`error ${resp.status}`);
+    return URL.createObjectURL(await resp.blob());
+  }
+
+  function showImage(img, url) {
+    blobUrl(url).then((u) => { img.src = u; }).catch(() => { img.alt = "(preview not available)"; });
+  }
+
+  function downloadLink(a, url, name) {
+    a.href = "#";
+    a.dataset.url = url;
+    a.dataset.name = name;
+    a.setAttribute("download", name);
+    if (a.dataset.bound) return;
+    a.dataset.bound = "1";
+    a.addEventListener("click", async (e) => {
+      e.preventDefault();
+      try {
+        const tmp = document.createElement("a");
+        tmp.href = await blobUrl(a.dataset.url);
+        tmp.download = a.dataset.name;
+        document.body.append(tmp);
+        tmp.click();
+        tmp.remove();
+      } catch (err) {
+        say("The download failed: reload the page and protect the file again.");
+      }
+    });
+  }
 
   function fmtSize(n) {
     return n >= 1e6 ? (n / 1e6).toFixed(1) + " MB" : Math.max(1, Math.round(n / 1e3)) + " kB";
@@ -40,14 +80,31 @@
 
   function setFiles(list) {
     files = Array.from(list || []);
-    chosen.replaceChildren(...files.map((f) => {
+    chosen.replaceChildren(...files.map((f, i) => {
       const li = document.createElement("li");
       const name = document.createElement("span");
       name.textContent = f.name;
       const size = document.createElement("span");
       size.className = "size";
       size.textContent = fmtSize(f.size);
-      li.append(name, size);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove ${f.name}`);
+      remove.disabled = busy;
+      remove.addEventListener("click", () => {
+        delete rejected[f.name];
+        setFiles(files.filter((_, j) => j !== i));
+      });
+      li.append(name, size, remove);
+      if (rejected[f.name]) {
+        li.classList.add("rejected");
+        const why = document.createElement("span");
+        why.className = "problem";
+        why.textContent = rejected[f.name];
+        li.append(why);
+      }
       return li;
     }));
     const problem = checkFiles();
@@ -55,7 +112,7 @@
     protectBtn.disabled = busy || !files.length || !!problem;
   }
 
-  input.addEventListener("change", () => setFiles(input.files));
+  input.addEventListener("change", () => { rejected = {}; setFiles(input.files); });
   ["dragenter", "dragover"].forEach((ev) => drop.addEventListener(ev, (e) => {
     e.preventDefault();
     drop.classList.add("over");
@@ -64,12 +121,13 @@
     e.preventDefault();
     drop.classList.remove("over");
   }));
-  drop.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
+  drop.addEventListener("drop", (e) => { rejected = {}; setFiles(e.dataTransfer.files); });
 
   function setBusy(on) {
     busy = on;
     protectBtn.disabled = on || !files.length || !!checkFiles();
     input.disabled = on;
+    chosen.querySelectorAll("button.remove").forEach((b) => { b.disabled = on; });
   }
 
   function showProgress(fraction, text) {
@@ -102,7 +160,7 @@
     for (;;) {
       let resp, data;
       try {
-        resp = await fetch(url, { cache: "no-store" });
+        resp = await authed(url);
         data = await resp.json();
       } catch (err) {
         return { state: "failed", error: "The server could not be reached (is lb serve still running?)." };
@@ -111,7 +169,10 @@
       if (data.state === "done" || data.state === "failed") return data;
       const where = data.files_total > 1 ? `File ${Math.min(data.files_done + 1, data.files_total)} of ${data.files_total} · ` : "";
       if (data.state === "queued") {
-        showProgress(null, "Waiting for an earlier job to finish…");
+        const n = data.position || 0;
+        showProgress(null, n > 0
+          ? `Waiting: ${n} earlier job${n > 1 ? "s" : ""} ahead of yours (position ${n + 1} in the queue)…`
+          : "Starting…");
       } else if (data.fraction > 0) {
         const shown = 0.05 + 0.95 * data.fraction;
         showProgress(shown, `${where}${Math.round(100 * shown)}% · ${data.elapsed.toFixed(0)} s — ${data.message}`);
@@ -135,7 +196,7 @@
     if (r.preview_url) {
       const fig = node.querySelector(".sbs");
       const img = fig.querySelector("img");
-      img.src = r.preview_url;
+      showImage(img, r.preview_url);
       img.alt = `${r.name}: original (left) and protected (right)`;
       fig.querySelector("figcaption").textContent = r.kind === "video"
         ? "First frame of the original and of the protected video."
@@ -151,7 +212,7 @@
         const fig = document.createElement("figure");
         fig.className = "closeup";
         const img = document.createElement("img");
-        img.src = url;
+        showImage(img, url);
         img.alt = `Face ${i + 1}: original (left) and protected (right), close up`;
         const cap = document.createElement("figcaption");
         cap.className = "muted";
@@ -180,8 +241,7 @@
     });
     if (r.download_url) {
       const a = node.querySelector(".r-download");
-      a.href = r.download_url;
-      a.setAttribute("download", r.download_name);
+      downloadLink(a, r.download_url, r.download_name);
       a.textContent = `Download ${r.download_name}`;
       a.hidden = false;
     }
@@ -191,13 +251,20 @@
   function showResults(data) {
     resultList.replaceChildren(...data.results.map(renderResult));
     const s = data.settings || {};
-    const extra = (data.notes || []).join(" ");
     notes.textContent = `Strength ${s.strength}${s.robust ? ", robust to re-compression" : ""} ` +
       `(at most ${s.eps}/255 per pixel, ${s.steps} steps), done in ${data.seconds} s. ` +
       `A face counts as protected when its landmarks move by more than ${(100 * s.threshold).toFixed(0)}% ` +
-      `of the distance between the outer eye corners. ${data.protected_against || ""} ${extra}`;
+      `of the distance between the outer eye corners. ${data.protected_against || ""}`;
+    // technical notes (which models were used and why) stay behind a "Details" toggle
+    const details = $("details");
+    $("details-list").replaceChildren(...(data.notes || []).map((t) => {
+      const li = document.createElement("li");
+      li.textContent = t;
+      return li;
+    }));
+    details.hidden = !(data.notes || []).length;
     if (data.zip_url) {
-      zip.href = data.zip_url;
+      downloadLink(zip, data.zip_url, "protected-photos.zip");
       zip.hidden = false;
     } else {
       zip.hidden = true;
@@ -223,16 +290,27 @@
     fd.append("robust", $("robust").checked ? "1" : "0");
     showProgress(0, "Uploading…");
     const sent = await upload(fd);
+    rejected = {};
+    (sent.data.rejected || []).forEach((x) => { rejected[x.name] = x.problem; });
     let data;
     if (sent.status === 202) {
+      if ((sent.data.rejected || []).length) {
+        // the good files go ahead; the bad ones stay in the list with their reason
+        setFiles(files);
+      }
+      running = sent.data.url;
       data = await poll(sent.data.url);
+      running = null;
     } else {
+      if ((sent.data.rejected || []).length) setFiles(files);
       data = { state: "failed", error: sent.data.error || `The upload failed (HTTP ${sent.status}).` };
     }
     progressBox.hidden = true;
     setBusy(false);
     if (data.state === "done") {
       showResults(data);
+      const bad = Object.keys(rejected);
+      if (bad.length) say(`Not protected (see the reason beside each name above): ${bad.join(", ")}.`, "info");
     } else {
       body.dataset.state = "failed";
       say(data.error || "Protecting failed.");
@@ -253,7 +331,8 @@
     body.dataset.state = "cleared";
   });
 
-  // Closing or leaving the page ends the session: the server deletes its files.
+  // Closing or leaving the page ends the session: the server stops its running job (`running`)
+  // at the next step, drops its queued ones and deletes its files.
   window.addEventListener("pagehide", () => {
     navigator.sendBeacon("/api/clear", new Blob([session], { type: "text/plain" }));
   });
