@@ -63,17 +63,21 @@ def test_named_weights_that_cannot_be_used_fail_with_exit_3(tmp_path, shared):
 
 
 def test_notes_are_never_cut_mid_sentence():
-    from lbcore.apps.protection import _usable
+    from lbcore.apps.protection import default_extractor_specs
     from lbcore.errors import WeightsError
+    from lbcore.plugins import Component
 
     long = "no weights for x:" + ",".join(f"key{i}=value{i}" for i in range(30)) + " (no such layout; see docs)"
 
     class PM:
+        def components(self, kind: str, sort: bool = True) -> dict[str, Any]:
+            return {"x": Component("x", kind, lambda: None, "lb-x")}
+
         def build(self, kind: str, name: str) -> Any:
             raise WeightsError(long + "; put it in ~/.cache")
 
-    _, notes = _usable(PM(), ["x"])
-    assert notes == [f"x: not used ({long})"]
+    _, notes = default_extractor_specs(PM())
+    assert notes[0] == f"x: not used ({long}; put it in ~/.cache)"
 
 
 # -- one-line errors and ranges ----------------------------------------------------------------

@@ -203,7 +203,7 @@ def _check_named_weights(pm: Any, named: dict[str, str]) -> None:
             known.add(entry.name)
     unknown = sorted(set(named) - known)
     if unknown:
-        raise WeightsError(f"--weights {unknown[0]}={named[unknown[0]]}: no installed extractor knows weights "
+        raise WeightsError(f"--weights {unknown[0]}={named[unknown[0]]}: no installed extractor uses weights "
                            f"named {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'}; see `lb weights list`)")
 
 
