@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--eps", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--context", type=float, default=1.0, help="crop images to faces + this many box sizes")
     ap.add_argument("--no-dlib", action="store_true", help="do not measure dlib's 68-point predictor")
     ap.add_argument("--no-white-box", action="store_true")
     ap.add_argument("--no-controls", action="store_true")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         attacks=tuple(args.attack or ["lb"]),
         degradations=tuple(s for s in args.degradations.split(";") if s.strip()),
         white_box=not args.no_white_box, controls=not args.no_controls, eps=args.eps, steps=args.steps,
-        seed=args.seed, device="cpu", limit=args.limit, batch_size=args.batch_size, force=args.force, amp="none",
+        seed=args.seed, device="cpu", limit=args.limit, context=args.context, batch_size=args.batch_size, force=args.force, amp="none",
     )
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     results = transfer(args.data, args.out, options, extra_extractors=extra, progress=False, log=log)

@@ -39,6 +39,8 @@ _performance = performance_options()
               help="Face detector for images without annotations.")
 @click.option("--min-face", type=int, default=40, show_default=True, help="Smaller detections are skipped (pixels).")
 @click.option("--limit", type=int, default=None, help="Use at most this many faces.")
+@click.option("--context", type=float, default=1.0, show_default=True,
+              help="Crop images to their faces grown by this many box sizes (speed only; 0 = whole images).")
 @click.option("--format", "annotation_format", type=click.Choice(["auto", "pts", "wflw", "dlib-xml"]),
               default="auto", show_default=True, help="Annotation file format.")
 @click.option("--image-root", default=None, help="WFLW lists: folder the image paths are relative to.")
@@ -53,7 +55,7 @@ _performance = performance_options()
 @click.option("--json", "as_json", is_flag=True, help="Print results.json.")
 def transfer_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ...], measure_only: tuple[str, ...],
                  attacks: tuple[str, ...], degradations: tuple[str, ...], no_white_box: bool, no_controls: bool,
-                 eps: float | None, steps: int | None, detector: str, min_face: int, limit: int | None,
+                 eps: float | None, steps: int | None, detector: str, min_face: int, limit: int | None, context: float,
                  annotation_format: str, image_root: str | None, batch_size: int, device: str, amp: str,
                  compile_: bool, seed: int, force: bool, weights: tuple[str, ...], quiet: bool,
                  as_json: bool) -> None:
@@ -71,7 +73,7 @@ def transfer_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ..
     options = TransferOptions(
         extractors=extractors, measure_only=measure_only, attacks=attacks,
         degradations=_split_degradations(degradations), white_box=not no_white_box, controls=not no_controls,
-        eps=eps, steps=steps, seed=seed, device=device, detector=detector, min_face=min_face, limit=limit,
+        eps=eps, steps=steps, seed=seed, device=device, detector=detector, min_face=min_face, limit=limit, context=context,
         batch_size=batch_size, annotation_format=annotation_format, image_root=image_root, force=force,
         amp=amp, compile=compile_,
     )
