@@ -51,6 +51,24 @@ class AttackConfig:
             distance losses such as ``landmark-displacement``, whose gradient is zero at the
             clean image. The paper starts from the clean image (0).
         seed: seeds every random draw of the run.
+        ti_sigma: translation-invariant gradients (TI, Dong et al. 2019): the gradient is
+            smoothed by a Gaussian of this standard deviation (image pixels) before the update;
+            0 (default) is off.
+        vt_samples: variance tuning (VT/VMI, Wang & He 2021): each step adds to the gradient
+            the previous step's variance term, the mean gradient at ``vt_samples`` points drawn
+            uniformly within ``vt_beta * eps`` of the image minus the gradient there; 0 is off.
+            Costs ``vt_samples`` extra forward/backward passes per step.
+        vt_beta: VT's neighbourhood radius as a multiple of ``eps``.
+        balance: ensemble balancing - ``none`` sums the members' losses; ``grad`` normalises
+            each member's gradient to a mean absolute value of 1 per image before summing (one
+            member cannot dominate the direction); ``loss`` divides each member's per-face loss by
+            the magnitude of its clean value.
+        feature_mix: losses on intermediate features - ``(1 - m) * loss + m * c * cos`` per face
+            and member, where ``cos`` is the cosine similarity of one hidden activation of the
+            member on the clean and the adversarial image and ``c`` the magnitude of the member's
+            clean loss (same scale); 0 (default) is off, 1 attacks the features only.
+        feature_depth: which hidden activation: the convolution at this fraction of the
+            member's convolutions (0 first, 1 last, in module order).
     """
 
     loss: str = "heatmap-cosine"
@@ -65,6 +83,12 @@ class AttackConfig:
     eot_samples: int = 1
     random_start: float = 0.0
     seed: int = 0
+    ti_sigma: float = 0.0
+    vt_samples: int = 0
+    vt_beta: float = 1.5
+    balance: str = "none"
+    feature_mix: float = 0.0
+    feature_depth: float = 0.5
 
     def describe(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -279,9 +279,107 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
         for p in e.parameters():
             p.requires_grad_(False)
 
-    with torch.no_grad():
-        clean = [run(e, x, faces) for e in exts]
-        clean_loss = sum(_per_image(loss_fn(c, c), faces.image_index, n_img) for c in clean)
+    if config.balance not in ("none", "grad", "loss"):
+        raise SpecError(f"unknown balance {config.balance!r} (valid: none, grad, loss)")
+    if not 0.0 <= float(config.feature_mix) <= 1.0:
+        raise SpecError(f"feature_mix {config.feature_mix} must be within 0..1")
+    feats = _Features(exts, float(config.feature_depth)) if config.feature_mix > 0 else None
+    try:
+        with torch.no_grad():
+            clean = [run(e, x, faces) for e in exts]
+            clean_feat = dict(feats.value) if feats is not None else {}
+            member_clean = [loss_fn(c, c) for c in clean]
+            clean_loss = sum(_per_image(v, faces.image_index, n_img) for v in member_clean)
+            # each member's scale: the magnitude of its clean loss per face (1 where that is 0)
+            scale = [torch.where(v.abs() > 1e-6, v.abs(), torch.ones_like(v)).float() for v in member_clean]
+        n_faces = int(faces.boxes.shape[0])
+        clean_feat = {i: f.detach().float().flatten(1) for i, f in clean_feat.items()
+                      if isinstance(f, torch.Tensor) and f.shape[0] == n_faces}
+        return _iterate(x, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, run, gen, init,
+                        clean, clean_loss, scale, feats, clean_feat, n_img, perf)
+    finally:
+        if feats is not None:
+            feats.close()
+
+
+class _Features:
+    """Forward hooks keeping one hidden activation of each member (``feature_mix``)."""
+
+    def __init__(self, exts: Sequence[Extractor], depth: float) -> None:
+        self.value: dict[int, Any] = {}
+        self.handles: list[Any] = []
+        for i, e in enumerate(exts):
+            convs = [m for m in e.modules() if isinstance(m, torch.nn.Conv2d)]
+            if convs:
+                m = convs[min(len(convs) - 1, max(0, round(depth * (len(convs) - 1))))]
+                self.handles.append(m.register_forward_hook(self._keep(i)))
+
+    def _keep(self, i: int) -> Any:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            self.value[i] = output
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _smooth(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """TI: the gradient smoothed by a separable Gaussian of ``sigma`` pixels (zero padding)."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=g.dtype, device=g.device) / sigma) ** 2)
+    k = k / k.sum()
+    c = g.shape[1]
+    g = F.conv2d(g, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+    return F.conv2d(g, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+
+
+def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: AttackConfig, dev: torch.device,
+             loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], run: Any,
+             gen: torch.Generator, init: torch.Tensor | None, clean: list[Any], clean_loss: Any,
+             scale: list[torch.Tensor], feats: _Features | None, clean_feat: dict[int, torch.Tensor],
+             n_img: int, perf: Performance) -> AttackResult:
+    """The iterations of :func:`attack` (after the clean pass)."""
+    mix = float(config.feature_mix)
+
+    def member_losses(inp: torch.Tensor, fcs: Faces) -> list[torch.Tensor]:
+        out = []
+        for i, (c, e) in enumerate(zip(clean, exts, strict=True)):
+            loss = loss_fn(c, run(e, inp, fcs))
+            if feats is not None and i in clean_feat and isinstance(feats.value.get(i), torch.Tensor):
+                cos = F.cosine_similarity(feats.value[i].float().flatten(1), clean_feat[i], dim=1, eps=1e-12)
+                loss = (1 - mix) * loss + mix * scale[i] * cos
+            if config.balance == "loss":
+                loss = loss / scale[i]
+            out.append(loss)
+        return out
+
+    def gradient(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the (EOT-averaged, diversified, balanced) loss at ``point``, and the loss."""
+        grad: torch.Tensor | None = None
+        total = torch.zeros(n_img, device=dev)
+        for _ in range(max(1, config.eot_samples if eot else 1)):
+            xi = point.detach().requires_grad_(True)
+            inp, fcs = xi, faces
+            for d in eot:
+                inp = d(inp)
+            if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
+                inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
+            losses = member_losses(inp, fcs)
+            per_face = sum(losses)
+            assert isinstance(per_face, torch.Tensor)
+            if config.balance == "grad" and len(losses) > 1:
+                g = torch.zeros_like(xi)
+                for j, loss in enumerate(losses):
+                    (gj,) = torch.autograd.grad(loss.sum(), xi, retain_graph=j < len(losses) - 1)
+                    size = gj.abs().flatten(1).mean(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+                    g = g + gj / size
+            else:
+                (g,) = torch.autograd.grad(per_face.sum(), xi)
+            grad = g if grad is None else grad + g
+            total += _per_image(per_face.detach(), faces.image_index, n_img)
+        assert grad is not None
+        return grad, total
 
     eps = float(config.eps)
     lo = (x - eps).clamp(0, 255)
@@ -303,30 +401,27 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
     # Pixels no extractor ever sees (outside every face crop) get no gradient; they are put
     # back to their clean values at the end, so a random start changes nothing outside faces.
     touched = torch.zeros_like(x, dtype=torch.bool)
+    variance = torch.zeros_like(x) if config.vt_samples > 0 else None
 
     for t in range(steps):
         # (only the stop rule ends images early; reading `active` would stall a GPU every step)
         if config.projection == "stop" and not bool(active.any()):
             break
-        grad: torch.Tensor | None = None
-        total = torch.zeros(n_img, device=dev)
-        for _ in range(max(1, config.eot_samples if eot else 1)):
-            xi = x_adv.detach().requires_grad_(True)
-            inp, fcs = xi, faces
-            for d in eot:
-                inp = d(inp)
-            if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
-                inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
-            per_face = sum(loss_fn(c, run(e, inp, fcs)) for c, e in zip(clean, exts, strict=True))
-            assert isinstance(per_face, torch.Tensor)
-            (g,) = torch.autograd.grad(per_face.sum(), xi)
-            grad = g if grad is None else grad + g
-            total += _per_image(per_face.detach(), faces.image_index, n_img)
+        raw, total = gradient(x_adv)
         history.append(total)
-        assert grad is not None
-        touched |= grad != 0
+        touched |= raw != 0
+        grad = raw
+        if variance is not None:
+            grad = raw + variance
+            radius = float(config.vt_beta) * eps
+            acc = torch.zeros_like(x)
+            for _ in range(int(config.vt_samples)):
+                noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * radius
+                acc += gradient((x_adv + noise).clamp(0, 255))[0]
+            variance = acc / int(config.vt_samples) - raw
+        if config.ti_sigma > 0:
+            grad = _smooth(grad, float(config.ti_sigma))
         use_mix = mix_rule is not None and t % 2 == 1
-        assert grad is not None
         with torch.no_grad():
             if use_mix:
                 assert mix_rule is not None

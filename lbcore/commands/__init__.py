@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "attack", "weights", "train", "synth", "protect", "evaluate", "bench", "distributed", "serve"]
+_MODULES = ["list", "attack", "weights", "train", "synth", "protect", "evaluate", "bench", "distributed", "serve", "transfer"]
 
 
 def install(group: click.Group) -> None:

@@ -75,7 +75,7 @@ def main() -> None:
         rgb = read_image(orig).rgb
         pts = orig.with_suffix(".pts")
         if a.pts_boxes and pts.exists():
-            from lbcore.data import load_annotations
+            from lbcore.io.annotations import load_annotations
 
             found_boxes = [np.concatenate([r.landmarks.min(0), r.landmarks.max(0)]).tolist()
                            for r in load_annotations(pts) if r.landmarks is not None]

@@ -76,8 +76,8 @@ def test_bad_model_file_is_one_clear_line(tmp_path: Path, dlib_ext) -> None:
 
 
 def test_registered_and_opt_in(dlib_ext) -> None:
+    from lbcore.apps.protection import default_extractor_specs
     from lbcore.plugins import get_plugin_manager
-    from lbcore.protection import default_extractor_specs
 
     pm = get_plugin_manager()
     comp = pm.components("extractors")["dlib68"]

@@ -43,7 +43,7 @@ def faces68() -> list[tuple[str, np.ndarray, np.ndarray]]:
         pytest.skip(f"shared sample faces absent ({FACES68})")
     import cv2
 
-    from lbcore.data import read_pts
+    from lbcore.io.annotations import read_pts
 
     out = []
     for pts in sorted(FACES68.glob("*.pts")):

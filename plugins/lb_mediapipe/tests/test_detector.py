@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lb_mediapipe.detector import anchors, weighted_nms
-from lbcore.data import box_from_landmarks
+from lbcore.io.annotations import box_from_landmarks
 from lbcore.testing import check_component
 
 

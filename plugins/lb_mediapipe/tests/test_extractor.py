@@ -11,8 +11,8 @@ import torch
 
 import lb_mediapipe.plugin as plugin
 from lb_mediapipe.mapping import MESH_TO_IBUG68
-from lbcore.data import box_from_landmarks
 from lbcore.errors import SpecError, WeightsError
+from lbcore.io.annotations import box_from_landmarks
 from lbcore.metrics import nme
 from lbcore.testing import check_component
 from lbcore.types import Faces

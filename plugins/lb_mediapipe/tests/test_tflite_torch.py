@@ -10,8 +10,8 @@ import torch
 
 from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
 from lb_mediapipe.tflite_torch import TFLiteNet
-from lbcore.data import box_from_landmarks
 from lbcore.errors import WeightsError
+from lbcore.io.annotations import box_from_landmarks
 from lbcore.types import Faces
 
 
