@@ -359,9 +359,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             raise SpecError(f"unknown attack preset {a!r} (valid: {', '.join(attack_names())})")
     if not options.batches or min(options.batches) < 1:
         raise SpecError("batch sizes must be positive")
-    specs = list(options.extractors) or [
-        f"{n}:weights=none" for n, c in pm.components("extractors").items()
-        if not c.metadata.get("demo") and c.metadata.get("default", True)]
+    specs = list(options.extractors) or _default_bench_specs(pm)
     if not specs:
         raise SpecError("no extractor installed to benchmark (install lb-fan, lb-hrnet or lb-avssan)")
     perf = Performance(amp=amp, channels_last=options.channels_last, compile=options.compile)
@@ -540,3 +538,19 @@ def speedup_table_markdown(results: Sequence[dict[str, Any]]) -> str:
                        f"| {r['faces_per_s']:.3f} | {base} | {speed} | {cpu} | {r['peak_mem_mb']:.0f} | {r['tflops']:.3f} "
                        f"({100 * r['flop_utilisation']:.1f}%) |")
     return "\n".join(out)
+
+
+def _default_bench_specs(pm: Any) -> list[str]:
+    """Every installed extractor that builds at its published size with random weights
+    (``weights=none``): the networks the engine is measured on. Extractors that only exist as a
+    file (ONNX, TFLite) or answer by queries are left out, as are demos and ``default=False``."""
+    specs = []
+    for n, c in pm.components("extractors").items():
+        if c.metadata.get("demo") or c.metadata.get("default", True) is False:
+            continue
+        try:
+            pm.build("extractors", f"{n}:weights=none")
+        except Exception:  # no random initialisation: nothing to benchmark without a file
+            continue
+        specs.append(f"{n}:weights=none")
+    return specs

