@@ -166,17 +166,24 @@ def test_results_side_by_side_and_words(photo_job):
         assert prev.status_code == 200 and prev.mimetype == "image/png"
         side = _decode(prev.data)
         h, w = clean.shape[:2]
-        assert side.shape == (h, 2 * w, 3)
+        # on top the full photos; below, the face at 1:1 pixels (original, protected, difference)
+        assert side.shape[1] == 2 * w and side.shape[0] > h
+        assert (side[h + 4:, :w] != 255).any()
         # left half: the original with green landmarks; right: the protected one with red ones
-        left, right = side[:, :w].astype(int), side[:, w:].astype(int)
+        left, right = side[:h, :w].astype(int), side[:h, w:].astype(int)
         green = (left[..., 1] > 200) & (left[..., 0] < 60) & (left[..., 2] < 60)
         red = (right[..., 0] > 200) & (right[..., 1] < 60) & (right[..., 2] < 60)
         assert green.sum() > 20 and red.sum() > 20
-        # a close-up of the face: both halves cut around the face box, still with the dots
+        # a close-up of the face at 1:1 pixels: the original and the protected file, no dots
         assert len(r["closeup_urls"]) == len(r["faces"]) == 1
         close = _decode(client.get(r["closeup_urls"][0]).data)
         assert close.shape[0] < h and close.shape[1] < 2 * w and close.shape[1] > close.shape[0]
-        assert (close[..., 1] > 200).any() and (close[..., 0] > 200).any()
+        import cv2
+
+        cw = close.shape[1] // 2 - max(2, close.shape[1] // 80) - 1  # (inside the left half)
+        # the left half is a piece of the original, pixel for pixel (no dots, no scaling)
+        match = cv2.matchTemplate(clean.astype(np.float32), close[:, :cw].astype(np.float32), cv2.TM_SQDIFF)
+        assert match.min() == 0
         assert client.get(r["closeup_urls"][0].replace("/faces/0/", "/faces/5/")).status_code == 404
     assert status["settings"]["strength"] == "low" and status["settings"]["steps"] == 2
     assert status["zip_url"]

@@ -622,10 +622,12 @@ def face_crops_1to1(clean: np.ndarray, adv: np.ndarray, box: Sequence[float], ma
 
 
 def _stack_rows(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-    """``top`` above ``bottom`` on a white canvas as wide as the wider one."""
+    """``top`` above ``bottom`` on a white canvas as wide as ``top`` (the row is cut at 1:1
+    where it is wider: the difference panel goes first)."""
     if bottom.size == 0:
         return top
-    width = max(top.shape[1], bottom.shape[1])
+    width = top.shape[1]
+    bottom = bottom[:, :width]
     canvas = np.full((top.shape[0] + 4 + bottom.shape[0], width, 3), 255, np.uint8)
     canvas[:top.shape[0], :top.shape[1]] = top
     canvas[top.shape[0] + 4:, :bottom.shape[1]] = bottom
@@ -728,6 +730,8 @@ def protect(
     from lbcore.io import display_path, iter_inputs, write_bytes_atomic
 
     options = attrs.evolve(options or ProtectOptions(), **kwargs)
+    check_output_options(options)  # bad settings: one line, before any model loads
+    strength_settings(options)
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
     for p in paths:
