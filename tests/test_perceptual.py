@@ -167,7 +167,7 @@ def format_runs(icc_jpeg, tmp_path_factory):
     out = {}
     for fmt in ("auto", "png", "webp", "jpeg"):
         folder = tmp_path_factory.mktemp(f"fmt-{fmt}")
-        extra = ["--quality", "80"] if fmt == "jpeg" else []
+        extra = ["--quality", "95"] if fmt == "jpeg" else []
         res = _lb("protect", icc_jpeg, "-o", folder, "--format", fmt, *extra, "--steps", "12", "--min-face", "20",
                   "--no-compression-check", "--json", "--device", "cpu")
         assert res.returncode == 0, res.stderr
@@ -207,7 +207,7 @@ def test_each_output_format(format_runs, icc_jpeg, fmt, suffix):
 def test_jpeg_quality_follows_the_input(format_runs):
     auto = format_runs["auto"]["files"][0]
     assert auto["format"] == "jpg" and auto["quality"] == 90  # the input's own quality
-    assert format_runs["jpeg"]["files"][0]["quality"] == 80
+    assert format_runs["jpeg"]["files"][0]["quality"] == 95
 
 
 def test_jpeg_settings_estimate(tmp_path):

@@ -368,6 +368,11 @@ class _Run:
             if not guard.active or bool(guard._ok(self.torch.from_numpy(decoded).permute(2, 0, 1)[None].double()).all()):
                 return decoded, data
             scale *= 0.85
+        from lbcore.io import display_path
+
+        self.notes.append(f"{display_path(loaded.path)}: {plan['suffix'].lstrip('.')} quality {plan['quality']}: the re-encode alone costs more "
+                          f"similarity than the budget (SSIM {cfg.ssim_min}, PSNR {cfg.psnr_min} dB) allows; "
+                          "use a higher --quality or --format png")
         return decoded, data
 
     def output_path(self, entry: Any) -> Path:
