@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -126,23 +127,28 @@ def run_setting(name: str, inputs: list[Path], dlib_lm: Any, fmt: str) -> dict[s
                     except Exception:  # eye corners on one point: unmeasurable face
                         row["held_out"] = None
                 rows.append(row)
+    return {"setting": name, "spec": opts.get("attack", f"strength={opts['strength']}"), "format": fmt,
+            **summarise(rows), "edge_band": float(np.mean(edges)) if edges else None,
+            "size_ratio": float(np.mean(sizes)) if sizes else None,
+            "seconds": round(time.monotonic() - t0, 1), "rows": rows}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the faces (PSNR over the changed ones: an untouched box has PSNR inf)."""
     white = [r["nme_white"] for r in rows if r["nme_white"] is not None]
     held = [r["held_out"] for r in rows if r["held_out"] is not None]
+    ps = [r["psnr"] for r in rows if r["psnr"] is not None and math.isfinite(r["psnr"])]
     return {
-        "setting": name, "spec": opts.get("attack", f"strength={opts['strength']}"), "format": fmt,
         "faces": len(rows),
+        "unchanged": sum(1 for r in rows if r["psnr"] is not None and not math.isfinite(r["psnr"])),
         "nme_white": float(np.mean(white)) if white else None,
         "broken_white": float(np.mean([v > 0.1 for v in white])) if white else None,
         "nme_held_out": float(np.mean(held)) if held else None,
         "broken_held_out": float(np.mean([v > 0.1 for v in held])) if held else None,
         "ssim_box": float(np.mean([r["ssim_box"] for r in rows])) if rows else None,
         "ssim_box_min": float(np.min([r["ssim_box"] for r in rows])) if rows else None,
-        "psnr": float(np.mean([r["psnr"] for r in rows])) if rows else None,
-        "psnr_min": float(np.min([r["psnr"] for r in rows])) if rows else None,
-        "edge_band": float(np.mean(edges)) if edges else None,
-        "size_ratio": float(np.mean(sizes)) if sizes else None,
-        "seconds": round(time.monotonic() - t0, 1),
-        "rows": rows,
+        "psnr": float(np.mean(ps)) if ps else None,
+        "psnr_min": float(np.min(ps)) if ps else None,
     }
 
 
@@ -150,13 +156,13 @@ def fmt_row(r: dict[str, Any]) -> str:
     def f(v: Any, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    return (f"| {r['setting']} | {r['format']} | {r['faces']} | {f(r['nme_white'], '.3f')} | "
+    return (f"| {r['setting']} | {r['format']} | {r['faces']} ({r.get('unchanged', 0)}) | {f(r['nme_white'], '.3f')} | "
             f"{f(r['broken_white'], '.0%')} | {f(r['nme_held_out'], '.3f')} | {f(r['ssim_box'], '.3f')} "
             f"(min {f(r['ssim_box_min'], '.3f')}) | {f(r['psnr'], '.1f')} (min {f(r['psnr_min'], '.1f')}) | "
             f"{f(r['edge_band'], '.2f')} | {f(r['size_ratio'], '.2f')} |")
 
 
-HEADER = ("| setting | format | faces | NME fan-demo (white-box) | broken | NME dlib-68 (held out) | "
+HEADER = ("| setting | format | faces (unchanged) | NME fan-demo (white-box) | broken | NME dlib-68 (held out) | "
           "in-box SSIM | in-box PSNR dB | edge band | size/input |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -190,7 +196,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", type=Path, help="images or folders")
+    ap.add_argument("inputs", nargs="*", type=Path, help="images or folders")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None,
+                    help="print and plot the rows of these --json files instead of running")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names (%(default)s)")
     ap.add_argument("--format", default="png", help="output format for every setting (png, jpeg, webp, auto)")
     ap.add_argument("--max-files", type=int, default=None, help="only the first N images")
@@ -198,6 +206,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the rows here (appends to an existing file)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     args = ap.parse_args()
+    if args.merge:
+        merged = [{**r, **summarise(r["rows"])} for f in args.merge for r in json.loads(f.read_text())]
+        print(HEADER)
+        for r in merged:
+            print(fmt_row(r))
+        if args.json:
+            args.json.write_text(json.dumps(merged, indent=1))
+        if args.plot:
+            plot(merged, args.plot)
+        return
+    if not args.inputs:
+        ap.error("give images or folders (or --merge)")
     import torch
 
     if args.threads:

@@ -121,6 +121,10 @@ class QualityGuard:
     :func:`lbcore.metrics.region_mask_ssim` with ``variant="mask-mean"``. PSNR: over the box's
     pixels and channels (:func:`lbcore.metrics.psnr` with the box as mask). Both are computed in
     float32 on crops (centred, see ``_ssim``), differentiably.
+
+    The budget is kept per face: each face's change is scaled by its own factor, over the face
+    box grown by a margin and fading out beyond it (so, in a group photo, one face that reaches
+    its floor does not hold back the others).
     """
 
     def __init__(self, x: torch.Tensor, faces: Faces, ssim_min: float, psnr_min: float) -> None:
@@ -130,6 +134,7 @@ class QualityGuard:
         h, w = x.shape[2], x.shape[3]
         r = _SSIM_RADIUS
         self.regions: list[tuple[int, tuple[int, int, int, int] | None, tuple[int, int, int, int] | None]] = []
+        self.scopes: list[tuple[int, int, int, int, torch.Tensor] | None] = []
         for box, img in zip(faces.boxes.tolist(), faces.image_index.tolist(), strict=True):
             bx1, by1, bx2, by2 = (int(math.ceil(v)) for v in box)
             sx1, sy1 = max(bx1, r), max(by1, r)
@@ -138,7 +143,39 @@ class QualityGuard:
             px1, py1, px2, py2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
             psnr_reg = (px1, py1, px2, py2) if px2 > px1 and py2 > py1 else None
             self.regions.append((int(img), ssim_reg, psnr_reg))
+            self.scopes.append(self._scope(box, h, w, x.device))
         self.kernel = _gauss1d(_SSIM_SIGMA, r, x.device, torch.float32)
+
+    @staticmethod
+    def _scope(box: list[float], h: int, w: int, device: Any) -> tuple[int, int, int, int, torch.Tensor] | None:
+        """Where a face's scale applies: 1 over the box grown by 0.35 of its half-sides plus a
+        window radius, fading (smoothstep) to 0 over another half of its half-sides."""
+        x1, y1, x2, y2 = box
+        hx, hy = max((x2 - x1) / 2, 1.0), max((y2 - y1) / 2, 1.0)
+        cx, cy = (x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5
+        core_x, core_y = hx * 1.35 + _SSIM_RADIUS + 1, hy * 1.35 + _SSIM_RADIUS + 1
+        fade_x, fade_y = hx * 0.5, hy * 0.5
+        a, b = max(int(cx - core_x - fade_x), 0), max(int(cy - core_y - fade_y), 0)
+        c, d = min(int(math.ceil(cx + core_x + fade_x)) + 1, w), min(int(math.ceil(cy + core_y + fade_y)) + 1, h)
+        if c <= a or d <= b:
+            return None
+        xs = torch.arange(a, c, device=device, dtype=torch.float32).view(1, -1)
+        ys = torch.arange(b, d, device=device, dtype=torch.float32).view(-1, 1)
+        tx = (1 - ((xs - cx).abs() - core_x) / fade_x).clamp(0, 1)
+        ty = (1 - ((ys - cy).abs() - core_y) / fade_y).clamp(0, 1)
+        t = tx * ty
+        return a, b, c, d, t * t * (3 - 2 * t)
+
+    def scale_map(self, face_scale: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)``: 1 where no face's scale reaches, else ``1 - max_f (1 - s_f) w_f``."""
+        out = torch.ones(self.x.shape[0], 1, self.x.shape[2], self.x.shape[3], device=self.x.device)
+        for f, ((img, _, _), scope) in enumerate(zip(self.regions, self.scopes, strict=True)):
+            s = float(face_scale[f])
+            if scope is None or s >= 1.0:
+                continue
+            a, b, c, d, wgt = scope
+            out[img, 0, b:d, a:c] = torch.minimum(out[img, 0, b:d, a:c], 1.0 - (1.0 - s) * wgt)
+        return out
 
     @property
     def active(self) -> bool:
@@ -166,100 +203,108 @@ class QualityGuard:
         s = ((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
         return s.double().mean()
 
-    def measure(self, adv: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def measure(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-face ``(ssim, psnr)`` of ``adv`` against the clean images (NaN where the box has
-        no measurable pixel; PSNR ``inf`` for an unchanged box). With a per-image ``scale``,
-        of ``x + scale * (adv - x)`` (computed on the crops only)."""
+        no measurable pixel; PSNR ``inf`` for an unchanged box). With ``face_scale``, face ``f``
+        is measured on ``x + face_scale[f] * (adv - x)`` (computed on its crops only)."""
         r = _SSIM_RADIUS
         ss, ps = [], []
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=adv.device)
 
-        def crop(img: int, y1: int, y2: int, x1: int, x2: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def crop(f: int, img: int, y1: int, y2: int, x1: int, x2: int) -> tuple[torch.Tensor, torch.Tensor]:
             a = self.x[img, :, y1:y2, x1:x2].float()
             b = adv[img, :, y1:y2, x1:x2].float()
-            if scale is not None:
-                b = a + float(scale[img]) * (b - a)
+            if face_scale is not None:
+                b = a + float(face_scale[f]) * (b - a)
             return a, b
 
-        for img, sreg, preg in self.regions:
+        for f, (img, sreg, preg) in enumerate(self.regions):
             if sreg is None:
-                ss.append(torch.tensor(float("nan"), dtype=torch.float64, device=adv.device))
+                ss.append(nan)
             else:
                 x1, y1, x2, y2 = sreg
-                ss.append(self._ssim(*crop(img, y1 - r, y2 + r, x1 - r, x2 + r)))
+                ss.append(self._ssim(*crop(f, img, y1 - r, y2 + r, x1 - r, x2 + r)))
             if preg is None:
-                ps.append(torch.tensor(float("nan"), dtype=torch.float64, device=adv.device))
+                ps.append(nan)
             else:
                 x1, y1, x2, y2 = preg
-                a, b = crop(img, y1, y2, x1, x2)
+                a, b = crop(f, img, y1, y2, x1, x2)
                 mse = ((a - b).double() ** 2).mean()
                 ps.append(10 * torch.log10(_RANGE**2 / mse) if float(mse) > 0
                           else torch.tensor(float("inf"), dtype=torch.float64, device=adv.device))
         return torch.stack(ss), torch.stack(ps)
 
-    def _ok(self, adv: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-image: every face meets the targets."""
-        n = adv.shape[0]
-        ok = torch.ones(n, dtype=torch.bool)
-        s, p = self.measure(adv, scale)
-        for i, (img, _, _) in enumerate(self.regions):
-            good = True
-            if self.ssim_min > 0 and not bool(torch.isnan(s[i])):
-                good = float(s[i]) >= self.ssim_min
-            if good and self.psnr_min > 0 and not bool(torch.isnan(p[i])):
-                good = float(p[i]) >= self.psnr_min
-            ok[img] &= good
+    def _face_ok(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Per face: it meets the targets (a face without measurable pixels always does)."""
+        s, p = self.measure(adv, face_scale)
+        s, p = s.cpu(), p.cpu()
+        ok = torch.ones(len(self.regions), dtype=torch.bool)
+        if self.ssim_min > 0:
+            ok &= torch.isnan(s) | (s >= self.ssim_min)
+        if self.psnr_min > 0:
+            ok &= torch.isnan(p) | (p >= self.psnr_min)
+        return ok
+
+    def _ok(self, adv: torch.Tensor) -> torch.Tensor:
+        """Per image: every face meets the targets."""
+        ok = torch.ones(adv.shape[0], dtype=torch.bool)
+        for (img, _, _), good in zip(self.regions, self._face_ok(adv).tolist(), strict=True):
+            ok[img] &= bool(good)
         return ok
 
     def project(self, adv: torch.Tensor, iters: int = 7) -> torch.Tensor:
-        """``x + s * (adv - x)`` with the largest per-image ``s`` in [0, 1] (to ``2^-iters``)
-        that meets the targets."""
-        if not self.active:
+        """``x + m * (adv - x)`` where the scale map ``m`` gives each face the largest factor
+        in [0, 1] (to ``2^-iters``) that meets the targets."""
+        if not self.active or not self.regions:
             return adv
-        ok = self._ok(adv)
+        ok = self._face_ok(adv)
         if bool(ok.all()):
             return adv
-        n = adv.shape[0]
-        lo = torch.zeros(n, dtype=torch.float64)
+        n = len(self.regions)
+        lo = torch.where(ok, 1.0, 0.0).double()
         hi = torch.ones(n, dtype=torch.float64)
         if self.psnr_min > 0:
             # the box MSE scales with s^2: the PSNR floor gives an upper end in closed form
             _, p = self.measure(adv)
-            for i, (img, _, _) in enumerate(self.regions):
-                if bool(torch.isfinite(p[i])) and float(p[i]) < self.psnr_min:
-                    hi[img] = min(float(hi[img]), 10 ** ((float(p[i]) - self.psnr_min) / 20))
-        lo[ok] = 1.0
-        hi[ok] = 1.0
+            p = p.cpu()
+            low = torch.isfinite(p) & (p < self.psnr_min) & ~ok
+            hi = torch.where(low, 10 ** ((p - self.psnr_min) / 20), hi)
         todo = ~ok
-        # the closed-form PSNR end is often the answer already
-        if bool((hi < 1).any()):
-            good = self._ok(adv, hi)
+        if bool((hi < 1).any()):  # the closed-form PSNR end is often the answer already
+            good = self._face_ok(adv, hi)
             lo = torch.where(todo & good, hi, lo)
             todo = todo & ~good
         for _ in range(iters):
             if not bool(todo.any()):
                 break
             mid = (lo + hi) / 2
-            good = self._ok(adv, torch.where(todo, mid, lo))
+            good = self._face_ok(adv, torch.where(todo, mid, lo))
             lo = torch.where(todo & good, mid, lo)
             hi = torch.where(todo & ~good, mid, hi)
-        s = lo.to(adv.device, adv.dtype).view(-1, 1, 1, 1)
-        return self.x + s * (adv - self.x)
+        delta = adv - self.x
+        out = self.x + self.scale_map(lo) * delta
+        for _ in range(6):  # faces that overlap share pixels: check them together
+            good = self._face_ok(out)
+            if bool(good.all()):
+                break
+            lo = torch.where(good, lo, lo * 0.9)
+            out = self.x + self.scale_map(lo) * delta
+        return out
 
     def enforce_rounded(self, adv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                         tries: int = 30) -> torch.Tensor:
-        """The 8-bit ``adv`` (integer values within ``[lo, hi]``) shrunk, per image, until it
-        meets the targets after rounding; at worst the clean image."""
-        if not self.active:
+        """The 8-bit ``adv`` (integer values within ``[lo, hi]``) shrunk, per face, until every
+        face meets the targets after rounding; at worst a face is left unchanged."""
+        if not self.active or not self.regions:
             return adv
         delta = adv - self.x
-        scale = torch.ones(adv.shape[0], device=adv.device, dtype=adv.dtype)
+        scale = torch.ones(len(self.regions), dtype=torch.float64)
         out = adv
-        for _ in range(tries):
-            ok = self._ok(out).to(adv.device)
-            if bool(ok.all()):
+        for i in range(tries + 1):
+            good = self._face_ok(out)
+            if bool(good.all()):
                 return out
-            scale = torch.where(ok, scale, scale * 0.9)
-            cand = (self.x + scale.view(-1, 1, 1, 1) * delta).round()
+            scale = torch.where(good, scale, scale * 0.9 if i < tries else torch.zeros_like(scale))
+            cand = (self.x + self.scale_map(scale) * delta).round()
             out = torch.min(torch.max(cand, lo), hi).clamp(0, 255)
-        ok = self._ok(out).to(adv.device)
-        return torch.where(ok.view(-1, 1, 1, 1), out, self.x)
+        return out
