@@ -224,3 +224,19 @@ def test_jpeg_settings_estimate(tmp_path):
         assert js is not None and js.quality == q and js.subsampling == {2: "420", 0: "444"}[sub]
     (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert jpeg_settings(tmp_path / "b.png") is None
+
+
+def test_each_face_spends_its_own_budget(ext):
+    """Two faces in one image, one on flat grey, one on texture: the floor holds for both, and
+    the one that reaches it first does not hold the other back (per-face scaling)."""
+    x = torch.cat([_image()[..., :64].repeat(1, 1, 1, 2), _image()[..., 64:].repeat(1, 1, 1, 2)], dim=3)
+    faces = Faces.from_lists([[[20.0, 8.0, 100.0, 88.0], [156.0, 8.0, 236.0, 88.0]]])  # apart
+    # (the sign update: every face gets the same step size; the L2 one lets faces compete)
+    cfg = AttackConfig(eps=16, steps=6, ssim_min=0.97, psnr_min=40, random_start=1)
+    adv = attack(x, faces, ext, cfg).adversarial
+    a = x[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    b = adv[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    sp = [(region_mask_ssim(a, b, box, variant="mask-mean"), psnr(a, b, mask=box)) for box in faces.boxes.numpy()]
+    assert all(s >= 0.97 and p >= 40 for s, p in sp), sp
+    s, p = sp[1]  # the textured face: near its floor, its budget spent (not cut to the flat face's)
+    assert s < 0.985 or p < 43, sp

@@ -195,15 +195,16 @@ def test_download_is_the_protected_photo(photo_job):
     r = status["results"][0]
     d = client.get(r["download_url"])
     assert d.status_code == 200
-    assert d.headers["Content-Disposition"] == 'attachment; filename="obama 240p-protected.png"'
+    # a JPEG stays a JPEG (at its own quality, attacked through that JPEG)
+    assert d.headers["Content-Disposition"] == 'attachment; filename="obama 240p-protected.jpg"'
     clean = _decode(original.read_bytes()).astype(int)
     adv = _decode(d.data).astype(int)
     assert adv.shape == clean.shape
     diff = np.abs(adv - clean)
-    assert 0 < diff.max() <= 8  # strength low: eps 8/255
+    assert 0 < diff.max() <= 16 + 12 and diff.mean() < 2  # strength low: L-inf cap 16, SSIM 0.98 in the face
     # the path-traversal name was flattened, and the second file is its own download
     d2 = client.get(status["results"][1]["download_url"])
-    assert "copy-protected.png" in d2.headers["Content-Disposition"]
+    assert "copy-protected.jpg" in d2.headers["Content-Disposition"]
 
 
 def test_zip_of_several_files(photo_job):
@@ -212,11 +213,11 @@ def test_zip_of_several_files(photo_job):
     assert z.status_code == 200 and z.mimetype == "application/zip"
     with zipfile.ZipFile(io.BytesIO(z.data)) as zf:
         names = sorted(zf.namelist())
-        assert names == ["copy-protected.png", "obama 240p-protected.png", "report.json"]
+        assert names == ["copy-protected.jpg", "obama 240p-protected.jpg", "report.json"]
         report = zf.read("report.json").decode()
         assert str(Path(os.sep, "tmp")) not in report and "job-" not in report
         assert json.loads(report)["files"][0]["input"] == "obama 240p.jpg"
-        assert _decode(zf.read("copy-protected.png")).shape == _decode(original.read_bytes()).shape
+        assert _decode(zf.read("copy-protected.jpg")).shape == _decode(original.read_bytes()).shape
 
 
 def test_files_stay_in_the_private_folder(photo_job):
