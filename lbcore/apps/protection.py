@@ -646,8 +646,8 @@ def _decode_rgb(data: bytes, loaded: Any) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("L").convert("RGB") if loaded.grey else im.convert("RGB"))
-    return np.ascontiguousarray(arr)
+        arr = np.array(im.convert("L").convert("RGB") if loaded.grey else im.convert("RGB"))  # (a writable copy)
+    return arr
 
 
 def interpolate_boxes(keys: dict[int, list[list[float]]], n: int, min_iou: float = 0.3) -> list[list[list[float]]]:
