@@ -181,7 +181,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.scatter(xs, ys, marker=style, label=lab)
         for r in pts:
             if r["nme_white"] is not None:
-                ax.annotate(r["setting"], (r[key], r["nme_white"]), fontsize=7, xytext=(3, 3),
+                name = r["setting"] + ("" if r["format"] == "png" else f" ({r['format']})")
+                ax.annotate(name, (r[key], r["nme_white"]), fontsize=7, xytext=(3, -9 if r["format"] != "png" else 3),
                             textcoords="offset points")
         ax.axhline(0.1, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(label)
