@@ -69,6 +69,20 @@ class AttackConfig:
             clean loss (same scale); 0 (default) is off, 1 attacks the features only.
         feature_depth: which hidden activation: the convolution at this fraction of the
             member's convolutions (0 first, 1 last, in module order).
+        ssim_min: perceptual budget - every face box keeps at least this SSIM (mean of the SSIM
+            map over the box; 0: off). Enforced on the returned 8-bit images
+            (:mod:`lbcore.perceptual`).
+        psnr_min: every face box keeps at least this PSNR in dB (0: off).
+        mask: ``crop`` (the paper: every pixel an extractor's crop sees may change) or ``face``
+            (a soft ellipse around each face box that fades to zero: no visible edge).
+        feather: with ``mask="face"``, the fraction of the ellipse's radius over which the
+            budget fades from full to zero.
+        texture: 0..1, how much the per-pixel budget follows the clean image's local contrast
+            (1: near zero on flat skin and background, full on texture and edges).
+        luma_weight: scale of the luma part (channel mean) of the change; below 1 moves the
+            change into colour.
+        mask_margin: with ``mask="face"``, how far the ellipse reaches beyond the face box
+            (fraction of the box's half-sides).
     """
 
     loss: str = "heatmap-cosine"
@@ -89,9 +103,35 @@ class AttackConfig:
     balance: str = "none"
     feature_mix: float = 0.0
     feature_depth: float = 0.5
+    ssim_min: float = 0.0
+    psnr_min: float = 0.0
+    mask: str = "crop"
+    feather: float = 0.35
+    texture: float = 0.0
+    luma_weight: float = 1.0
+    mask_margin: float = 0.3
+
+    def __attrs_post_init__(self) -> None:
+        _check_perceptual(self)
 
     def describe(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+def _check_perceptual(cfg: AttackConfig) -> None:
+    """Refuse budgets that cannot mean anything (one-line :class:`SpecError`)."""
+    import math
+
+    for name in ("eps", "ssim_min", "psnr_min", "feather", "texture", "luma_weight", "mask_margin"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int | float) or not math.isfinite(float(v)) or float(v) < 0:
+            raise SpecError(f"attack setting {name}={v!r} must be a finite number >= 0")
+    if cfg.ssim_min > 1:
+        raise SpecError(f"attack setting ssim_min={cfg.ssim_min} must be at most 1 (SSIM of identical images)")
+    if cfg.texture > 1:
+        raise SpecError(f"attack setting texture={cfg.texture} must be in 0..1")
+    if cfg.mask not in ("crop", "face"):
+        raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 
 
 _SPEC_TYPES = {"str": str, "int": int, "float": float, "bool": bool}

@@ -42,6 +42,13 @@ def mifgsm(alpha: float = 1.0, decay: float = 0.5) -> Any:
     return MomentumIterativeFGSM(alpha=alpha, decay=decay)
 
 
+def mifgsm_l2(alpha: float = 1.0, decay: float = 0.5) -> Any:
+    """MI-FGSM momentum, step proportional to it (RMS alpha): for SSIM/PSNR budgets."""
+    from lbcore.optimizers import MomentumL2
+
+    return MomentumL2(alpha=alpha, decay=decay)
+
+
 def haar(min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5,
          cascade: Literal["default", "alt", "alt2"] = "default") -> Any:
     """OpenCV Haar-cascade frontal face detector (offline, ships with OpenCV)."""
@@ -121,6 +128,7 @@ def register_optimizers(register: Register) -> None:
     register("fgsm", fgsm)
     register("ifgsm", ifgsm)
     register("mifgsm", mifgsm)
+    register("mifgsm-l2", mifgsm_l2)
 
 
 # Eq. 1's gradient is exactly zero at I_adv = I (each cosine similarity is at its maximum), so

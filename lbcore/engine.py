@@ -382,8 +382,15 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         return grad, total
 
     eps = float(config.eps)
-    lo = (x - eps).clamp(0, 255)
-    hi = (x + eps).clamp(0, 255)
+    # perceptual budgets (lbcore.perceptual): a per-pixel L-inf bound (soft face mask, texture
+    # masking) and a per-face SSIM/PSNR floor; the paper's uniform ball when none is set
+    from lbcore import perceptual
+
+    weight = perceptual.budget_map(x, faces, config)
+    bound: torch.Tensor | float = eps if weight is None else eps * weight
+    guard = perceptual.QualityGuard(x, faces, config.ssim_min, config.psnr_min)
+    lo = (x - bound).clamp(0, 255)
+    hi = (x + bound).clamp(0, 255)
     if init is not None:
         x_adv = torch.min(torch.max(init.to(dev, torch.float32), lo), hi)
     elif config.random_start > 0:
@@ -392,6 +399,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         x_adv = torch.min(torch.max(x + noise, lo), hi)
     else:
         x_adv = x.clone()
+    x_adv = guard.project(x_adv)
     state = rule.init_state(x_adv)
     mix_state = mix_rule.init_state(x_adv) if mix_rule else {}
     active = torch.ones(n_img, dtype=torch.bool, device=dev)
@@ -428,12 +436,18 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 cand = mix_rule.step(x_adv, grad, mix_state, eps)
             else:
                 cand = rule.step(x_adv, grad, state, eps)
+            if weight is not None:
+                # each step spends the change where the budget map allows it (texture, face)
+                cand = x_adv + weight * (cand - x_adv)
             cand = cand.clamp(0, 255)
+            if config.luma_weight != 1.0:
+                cand = (x + perceptual.weight_luma(cand - x, config.luma_weight)).clamp(0, 255)
             if config.projection == "stop":
-                over = (cand - x).abs().flatten(1).amax(1) > eps + 1e-4
+                over = ((cand - x).abs() > bound + 1e-4).flatten(1).any(1)
                 active = active & ~over
             else:
                 cand = torch.min(torch.max(cand, lo), hi)
+            cand = guard.project(cand)
             mask = active.view(-1, 1, 1, 1)
             x_adv = torch.where(mask, cand, x_adv)
             steps_taken += active.long()
@@ -442,8 +456,10 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         x_adv = torch.where(touched, x_adv, x)
         # 8-bit output: round, then re-check the budget after rounding.
         x_adv = x_adv.round()
-        x_adv = torch.min(torch.max(x_adv, torch.ceil(x - eps - 1e-6)), torch.floor(x + eps + 1e-6))
+        lo8, hi8 = torch.ceil(x - bound - 1e-6), torch.floor(x + bound + 1e-6)
+        x_adv = torch.min(torch.max(x_adv, lo8), hi8)
         x_adv = x_adv.clamp(0, 255)
+        x_adv = guard.enforce_rounded(x_adv, lo8, hi8)
         linf = (x_adv - x).abs().flatten(1).amax(1)
 
     def final() -> torch.Tensor:

@@ -60,3 +60,26 @@ class MomentumIterativeFGSM(UpdateRule):
         m = self.decay * state["momentum"] + grad / l1
         state["momentum"] = m
         return x - self.alpha * m.sign()
+
+
+class MomentumL2(UpdateRule):
+    """MI-FGSM's momentum with a step proportional to it instead of its sign: ``m = decay * m +
+    g / ||g||_1``, ``x - alpha * m / rms(m)`` (per image; the step's root mean square is
+    ``alpha``). Under a similarity (SSIM / PSNR) budget the change then goes to the pixels the
+    loss is most sensitive to, where the sign spreads it evenly over every pixel."""
+
+    def __init__(self, alpha: float = 1.0, decay: float = 0.5) -> None:
+        self.alpha = alpha
+        self.decay = decay
+
+    def init_state(self, x: torch.Tensor) -> dict[str, Any]:
+        return {"momentum": torch.zeros_like(x)}
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], eps: float) -> torch.Tensor:
+        shape = (-1, *([1] * (grad.dim() - 1)))
+        l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(shape)
+        m = self.decay * state["momentum"] + grad / l1
+        state["momentum"] = m
+        nz = (m != 0).flatten(1).sum(1).clamp_min(1).view(shape)
+        rms = (m.pow(2).flatten(1).sum(1).view(shape) / nz).sqrt().clamp_min(1e-30)
+        return x - self.alpha * m / rms

@@ -151,7 +151,7 @@ def test_disable_and_load_only(tiny_plugin, monkeypatch, install_dist):
 
 def test_unknown_component_lists_valid():
     pm = PluginManager(load_entry_points=False)
-    with pytest.raises(SpecError, match=r"unknown optimizer 'adam' \(valid: fgsm, ifgsm, mifgsm\)"):
+    with pytest.raises(SpecError, match=r"unknown optimizer 'adam' \(valid: fgsm, ifgsm, mifgsm, mifgsm-l2\)"):
         pm.build("optimizers", "adam")
 
 

@@ -26,12 +26,20 @@ from lbcore.errors import InputError, LBError, SpecError
 
 __all__ = ["STRENGTHS", "Member", "ProtectOptions", "protect", "default_extractor_specs", "plan_default_ensemble"]
 
-STRENGTHS: dict[str, dict[str, float]] = {
-    "low": {"eps": 8.0, "steps": 10},
-    "medium": {"eps": 15.0, "steps": 20},
-    "high": {"eps": 24.0, "steps": 30},
+_PERCEPTUAL = {"optimizer": "mifgsm-l2:alpha=1,decay=0.5", "mask": "face", "texture": 0.5, "steps": 30}
+STRENGTHS: dict[str, dict[str, Any]] = {
+    "low": {**_PERCEPTUAL, "eps": 16.0, "ssim_min": 0.98, "psnr_min": 42.0},
+    "medium": {**_PERCEPTUAL, "eps": 16.0, "ssim_min": 0.95, "psnr_min": 38.0},
+    "high": {**_PERCEPTUAL, "eps": 24.0, "ssim_min": 0.90, "psnr_min": 0.0},
+    "paper": {"eps": 15.0, "steps": 20},
 }
-"""``--strength``: L-inf budget (0..255) and iterations. ``medium`` is the paper's setting."""
+"""``--strength``: what people may see, as a floor on the SSIM and PSNR inside every face box
+(:mod:`lbcore.perceptual`), with a soft face mask and texture masking; ``eps`` is only the
+L-inf cap. ``paper`` is the paper's setting (L-inf 15, 20 steps, no perceptual budget).
+Chosen from ``benchmarks/quality_curve.py`` (see the README)."""
+
+FORMATS = ("auto", "png", "jpeg", "webp")
+"""``--format``: ``auto`` keeps the input's family (JPEG stays JPEG, WebP stays WebP, the rest PNG)."""
 
 ROBUST_EOT = ("diffjpeg:quality_range=50:90",)
 """What ``--robust`` optimises through: a differentiable JPEG at a random quality each step."""
@@ -77,13 +85,59 @@ class ProtectOptions:
     compile: bool = False
     overlap: bool = True
     detect_every: int = 1
+    format: str = "auto"
+    quality: int | None = None
 
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
         keep = ("extractors", "attack", "strength", "eps", "steps", "robust", "detector", "boxes",
-                "min_face", "codec", "crf", "seed", "amp", "detect_every", "start", "duration")
+                "min_face", "codec", "crf", "seed", "amp", "detect_every", "start", "duration", "format", "quality")
         d = attrs.asdict(self)
         return {k: d[k] for k in keep}
+
+
+def strength_settings(options: ProtectOptions) -> dict[str, Any]:
+    """The :class:`~lbcore.attacks.AttackConfig` fields ``--strength`` (and ``--eps`` /
+    ``--steps``) set; keys the ``--attack`` spec gives itself (``lb:ssim_min=0.97``) win."""
+    import math
+
+    from lbcore.spec import parse_spec
+
+    if options.strength not in STRENGTHS:
+        raise SpecError(f"unknown strength {options.strength!r} (valid: {', '.join(STRENGTHS)})")
+    for name in ("eps",):
+        v = getattr(options, name)
+        if v is not None and (not math.isfinite(float(v)) or float(v) < 0):
+            raise SpecError(f"--{name} {v} must be a finite number >= 0")
+    if options.steps is not None and options.steps < 0:
+        raise SpecError(f"--steps {options.steps} must be >= 0")
+    _, given = parse_spec(options.attack)
+    out = {k: v for k, v in STRENGTHS[options.strength].items() if k not in given}
+    if options.eps is not None:
+        out["eps"] = float(options.eps)
+    if options.steps is not None:
+        out["steps"] = int(options.steps)
+    return out
+
+
+def check_output_options(options: ProtectOptions) -> None:
+    """One-line :class:`SpecError` for an unknown ``--format`` or a ``--quality`` outside 1..100."""
+    if options.format not in FORMATS:
+        raise SpecError(f"unknown output format {options.format!r} (valid: {', '.join(FORMATS)})")
+    if options.quality is not None and not 1 <= int(options.quality) <= 100:
+        raise SpecError(f"--quality {options.quality} must be in 1..100")
+
+
+def output_format(options: ProtectOptions, input_format: str) -> str:
+    """``png``, ``jpeg`` or ``webp``: ``--format``, or with ``auto`` the input's family."""
+    if options.format != "auto":
+        return options.format
+    return input_format if input_format in ("jpeg", "webp") else "png"
+
+
+JPEG_QUALITY_RANGE = (85, 98)
+"""Default JPEG output quality: the input's own (estimated from its tables), within this range;
+95 for a non-JPEG input."""
 
 
 @attrs.frozen
@@ -268,14 +322,9 @@ class _Run:
         self.held = {s: self.pm.build("extractors", s) for s in options.held_out}
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()
-        strength = STRENGTHS[options.strength]
-        self.config = preset(
-            options.attack,
-            eps=options.eps if options.eps is not None else strength["eps"],
-            steps=options.steps if options.steps is not None else int(strength["steps"]),
-            seed=options.seed,
-            eot=ROBUST_EOT if options.robust else None,
-        )
+        check_output_options(options)
+        self.config = preset(options.attack, **strength_settings(options), seed=options.seed,
+                             eot=ROBUST_EOT if options.robust else None)
         self.detector = None if options.boxes else self.pm.build("detectors", options.detector)
         note = getattr(self.detector, "note", None)  # `auto` fell back to a weaker detector
         if note:
@@ -393,17 +442,48 @@ class _Run:
             rows.append(row)
         return rows
 
-    def attack(self, x: Any, faces: Any, init: Any = None) -> Any:
+    def attack(self, x: Any, faces: Any, init: Any = None, config: Any = None) -> Any:
         """Protected images on the CPU (float, integer values) for images ``x`` anywhere."""
-        adv = self.attack_on_device(x, faces, init)
+        adv = self.attack_on_device(x, faces, init, config)
         return adv.to(self.torch.uint8).cpu().float()  # integer pixels: uint8 moves a quarter of the bytes
 
-    def attack_on_device(self, x: Any, faces: Any, init: Any = None) -> Any:
+    def attack_on_device(self, x: Any, faces: Any, init: Any = None, config: Any = None) -> Any:
         """Protected images left on the attack's device (video: the next warm start is made there)."""
         from lbcore.engine import attack
 
-        return attack(x, faces, list(self.attacked.values()), self.config, device=self.device,
+        return attack(x, faces, list(self.attacked.values()), config or self.config, device=self.device,
                       plugin_manager=self.pm, init=init, performance=self.performance).adversarial
+
+    def encode_within_budget(self, loaded: Any, x: Any, adv: Any, faces: Any,
+                             plan: dict[str, Any]) -> tuple[np.ndarray, bytes]:
+        """Encode the protected image as planned; for a lossy format, decode it again and, while
+        a face box of the decoded file misses the attack's SSIM/PSNR floor, shrink the
+        perturbation and re-encode. Returns the decoded pixels (H, W, 3 uint8 RGB) and the bytes."""
+        from lbcore.io.images import encode_image
+        from lbcore.perceptual import QualityGuard
+
+        cfg = plan["config"]
+        guard = QualityGuard(x.double(), faces, cfg.ssim_min, cfg.psnr_min)
+        kw = {"quality": plan["quality"], "subsampling": plan["subsampling"], "icc_profile": plan["icc_profile"]}
+        lossy = plan["suffix"] in (".jpg", ".jpeg") or (plan["suffix"] == ".webp" and plan["quality"] is not None)
+        delta = adv - x
+        scale = 1.0
+        for _ in range(12):
+            cand = (x + scale * delta).round().clamp(0, 255)
+            rgb = cand[0].permute(1, 2, 0).to(self.torch.uint8).numpy()
+            data = encode_image(rgb, loaded, plan["suffix"], **kw)
+            if not lossy:
+                return rgb, data
+            decoded = _decode_rgb(data, loaded)
+            if not guard.active or bool(guard._ok(self.torch.from_numpy(decoded).permute(2, 0, 1)[None].double()).all()):
+                return decoded, data
+            scale *= 0.85
+        from lbcore.io import display_path
+
+        self.notes.append(f"{display_path(loaded.path)}: {plan['suffix'].lstrip('.')} quality {plan['quality']}: the re-encode alone costs more "
+                          f"similarity than the budget (SSIM {cfg.ssim_min}, PSNR {cfg.psnr_min} dB) allows; "
+                          "use a higher --quality or --format png")
+        return decoded, data
 
     def output_path(self, entry: Any) -> Path:
         """Where an input's protected file goes (the input's relative path under the output folder)."""
@@ -412,9 +492,37 @@ class _Run:
         out = self.out_dir / entry.rel
         if entry.kind == "video":
             return out.with_suffix(DEFAULT_VIDEO_SUFFIX[self.o.codec])
-        if out.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".pgm", ".pnm"):
-            out = out.with_suffix(".png")  # lossless output: a lossy re-encode would erase the protection
+        suffix = out.suffix.lower()
+        family = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(suffix, "png")
+        fmt = output_format(self.o, family)
+        if fmt == "jpeg":
+            return out if suffix in (".jpg", ".jpeg") else out.with_suffix(".jpg")
+        if fmt == "webp":
+            return out.with_suffix(".webp")
+        if suffix in (".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".pgm", ".pnm"):
+            out = out.with_suffix(".png")
         return out
+
+    def save_plan(self, out: Path, loaded: Any) -> dict[str, Any]:
+        """How an image output is encoded: ``suffix``, ``quality``, ``subsampling`` (JPEG), the
+        input's ICC profile, and the attack config (JPEG: optimised through a differentiable JPEG
+        at the quality and subsampling the file is saved with)."""
+        from lbcore.io.images import jpeg_settings
+
+        suffix = out.suffix.lower()
+        plan: dict[str, Any] = {"suffix": suffix, "quality": self.o.quality, "subsampling": None,
+                                "icc_profile": loaded.icc_profile, "config": self.config}
+        if suffix in (".jpg", ".jpeg"):
+            js = jpeg_settings(loaded.path) if loaded.format == "jpeg" else None
+            if plan["quality"] is None:
+                lo, hi = JPEG_QUALITY_RANGE
+                plan["quality"] = min(max(js.quality, lo), hi) if js is not None else 95
+            plan["subsampling"] = js.subsampling if js is not None else "420"
+            if loaded.grey:
+                plan["subsampling"] = "444"  # one channel: nothing to subsample
+            spec = f"diffjpeg:quality={plan['quality']},subsampling={plan['subsampling']}"
+            plan["config"] = attrs.evolve(self.config, eot=(spec, *self.config.eot))
+        return plan
 
     # -- one image ---------------------------------------------------------------------
     def image(self, entry: Any) -> dict[str, Any]:
@@ -439,10 +547,15 @@ class _Run:
             self.log(f"{display_path(entry.path)}: {len(keep)} face(s) found; protecting "
                      f"({self.config.steps} attack steps)")
             faces = Faces.from_lists([keep])
-            adv = self.attack(x, faces)
-            adv_rgb = adv[0].permute(1, 2, 0).to(self.torch.uint8).numpy()
-            write_image_atomic(out, adv_rgb, like=loaded, inputs=self.inputs)
-            record.update(status="protected", faces=self.measure(x, adv, faces, keep, with_checks=True))
+            plan = self.save_plan(out, loaded)
+            adv = self.attack(x, faces, config=plan["config"])
+            adv_rgb, data = self.encode_within_budget(loaded, x, adv, faces, plan)
+            write_image_atomic(out, adv_rgb, like=loaded, inputs=self.inputs, data=data)
+            # measured on the file as saved (decoded again): what is protected is what is published
+            adv = self.torch.from_numpy(adv_rgb).permute(2, 0, 1)[None].float()
+            record.update(status="protected", faces=self.measure(x, adv, faces, keep, with_checks=True),
+                          format=plan["suffix"].lstrip("."), quality=plan["quality"],
+                          bytes=len(data), input_bytes=entry.path.stat().st_size)
             if self.o.preview:
                 record["preview"] = str(self.preview(entry.rel, loaded.rgb, adv_rgb, faces, x, adv))
         self.store.mark_finished(entry.path, out, report=record)
@@ -459,7 +572,8 @@ class _Run:
                 "previous_status": saved.get("status")}
 
     def preview(self, rel: Path, clean: np.ndarray, adv: np.ndarray, faces: Any, x: Any, xa: Any) -> Path:
-        """Side-by-side PNG: clean with clean landmarks (green), protected with its own (red)."""
+        """Side-by-side PNG: clean with clean landmarks (green), protected with its own (red);
+        below, the first face at 1:1 pixels: clean, protected, and the difference x8 on grey."""
         import cv2
 
         from lbcore.io import write_image_atomic
@@ -475,6 +589,8 @@ class _Run:
                     if np.isfinite(px) and np.isfinite(py):
                         cv2.circle(img, (round(float(px)), round(float(py))), r, colour, -1, cv2.LINE_AA)
         side = np.concatenate([left, right], axis=1)
+        box = faces.boxes[0].tolist()
+        side = _stack_rows(side, face_crops_1to1(clean, adv, box))
         path = self.out_dir / "previews" / Path(rel).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image_atomic(path, side, inputs=self.inputs)
@@ -721,6 +837,46 @@ class _Run:
         return record
 
 
+def face_crops_1to1(clean: np.ndarray, adv: np.ndarray, box: Sequence[float], margin: float = 0.15) -> np.ndarray:
+    """One row: the face (box plus ``margin``) of the clean and the protected image at 1:1 pixels,
+    and their difference amplified 8x around mid grey, so people judge visibility themselves."""
+    h, w = clean.shape[:2]
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    a, b = max(int(x1 - mx), 0), max(int(y1 - my), 0)
+    c, d = min(int(np.ceil(x2 + mx)), w), min(int(np.ceil(y2 + my)), h)
+    if c <= a or d <= b:
+        return np.zeros((0, 0, 3), np.uint8)
+    cc, ac = clean[b:d, a:c], adv[b:d, a:c]
+    diff = np.clip(128 + 8 * (ac.astype(np.int32) - cc.astype(np.int32)), 0, 255).astype(np.uint8)
+    gap = np.full((cc.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([cc, gap, ac, gap, diff], axis=1)
+
+
+def _stack_rows(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """``top`` above ``bottom`` on a white canvas as wide as ``top`` (the row is cut at 1:1
+    where it is wider: the difference panel goes first)."""
+    if bottom.size == 0:
+        return top
+    width = top.shape[1]
+    bottom = bottom[:, :width]
+    canvas = np.full((top.shape[0] + 4 + bottom.shape[0], width, 3), 255, np.uint8)
+    canvas[:top.shape[0], :top.shape[1]] = top
+    canvas[top.shape[0] + 4:, :bottom.shape[1]] = bottom
+    return canvas
+
+
+def _decode_rgb(data: bytes, loaded: Any) -> np.ndarray:
+    """Decode encoded image bytes to (H, W, 3) uint8 RGB (grey repeated), as :func:`read_image`."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.array(im.convert("L").convert("RGB") if loaded.grey else im.convert("RGB"))  # (a writable copy)
+    return arr
+
+
 def interpolate_boxes(keys: dict[int, list[list[float]]], n: int, min_iou: float = 0.3) -> list[list[list[float]]]:
     """Face boxes for frames ``0 .. n-1`` from detections on some of them (``keys``: frame ->
     boxes; must include the last frame, ``n - 1``).
@@ -811,6 +967,8 @@ def protect(
     from lbcore.io import display_path, iter_inputs, write_bytes_atomic
 
     options = attrs.evolve(options or ProtectOptions(), **kwargs)
+    check_output_options(options)  # bad settings: one line, before any model loads
+    strength_settings(options)
     paths = [Path(p) for p in inputs]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -899,6 +1057,8 @@ def protect(
     report = {
         "settings": {**options.settings(), "extractors": list(run.attacked), "held_out": list(run.held),
                      "eps": run.config.eps, "steps": run.config.steps, "threshold": options.threshold,
+                     "ssim_min": run.config.ssim_min, "psnr_min": run.config.psnr_min, "mask": run.config.mask,
+                     "texture": run.config.texture,
                      "device": str(run.device)},
         "notes": run.notes,
         "files": records,

@@ -424,6 +424,96 @@ def _encode_params(suffix: str, jpeg_quality: int) -> list[int]:
     return []
 
 
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+
+
+def _ijg_luma(quality: int) -> np.ndarray:
+    scale = 5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality
+    return np.clip(np.floor((_IJG_LUMA * scale + 50.0) / 100.0), 1, 255)
+
+
+@attrs.frozen
+class JpegSettings:
+    """How a JPEG file was encoded, as far as a re-encode needs: the IJG quality whose luma
+    table is nearest the file's (exact for libjpeg/Pillow/OpenCV files) and the chroma
+    subsampling (``444``, ``422`` or ``420``)."""
+
+    quality: int
+    subsampling: str
+
+
+def jpeg_settings(path: PathLike) -> JpegSettings | None:
+    """The :class:`JpegSettings` of a JPEG file, or None when it is not a baseline JPEG Pillow
+    can read the tables of."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        with _PIL_LOCK, Image.open(path) as im:
+            if im.format != "JPEG":
+                return None
+            tables = getattr(im, "quantization", None) or {}
+            sampling = JpegImagePlugin.get_sampling(im)
+    except Exception:  # not readable as JPEG: the caller falls back to its defaults
+        return None
+    if 0 not in tables:
+        return None
+    # the file's table is stored in zig-zag order; compare sorted values, which the order cannot change
+    luma = np.sort(np.asarray(tables[0], dtype=np.float64))
+    best = min(range(1, 101), key=lambda q: (float(np.abs(np.sort(_ijg_luma(q)) - luma).sum()), -q))
+    sub = {0: "444", 1: "422", 2: "420"}.get(int(sampling), "420")
+    return JpegSettings(int(best), sub)
+
+
+def _pil_encode(arr: np.ndarray, suffix: str, quality: int | None, subsampling: str | None,
+                icc_profile: bytes | None) -> bytes:
+    """Encode :func:`compose_output`'s BGR(A)/grey array with Pillow (JPEG quality and chroma
+    subsampling, lossy or lossless WebP, ICC profiles)."""
+    from PIL import Image
+
+    if arr.ndim == 2:
+        im = Image.fromarray(arr)
+    elif arr.shape[2] == 4:
+        im = Image.fromarray(np.ascontiguousarray(arr[:, :, [2, 1, 0, 3]]), "RGBA")
+    else:
+        im = Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")
+    kwargs: dict[str, Any] = {}
+    if icc_profile:
+        kwargs["icc_profile"] = icc_profile
+    buf = io.BytesIO()
+    if suffix in (".jpg", ".jpeg"):
+        sub = {"444": 0, "422": 1, "420": 2}[subsampling or "420"]
+        im.save(buf, "JPEG", quality=int(quality if quality is not None else 95), subsampling=sub,
+                optimize=True, **kwargs)
+    elif suffix == ".webp":
+        if quality is None:
+            im.save(buf, "WEBP", lossless=True, quality=100, method=4, **kwargs)
+        else:
+            im.save(buf, "WEBP", quality=int(quality), method=4, **kwargs)
+    else:
+        im.save(buf, "PNG", compress_level=3, **kwargs)
+    return buf.getvalue()
+
+
+def encode_image(image: np.ndarray, like: LoadedImage | None, suffix: str, *, quality: int | None = None,
+                 subsampling: str | None = None, icc_profile: bytes | None = None) -> bytes:
+    """The bytes :func:`write_image_atomic` would write for ``suffix`` (``.jpg``/``.webp`` with
+    ``quality`` and, for JPEG, ``subsampling``; WebP without quality is lossless). Encoded with
+    Pillow when a quality, subsampling or ICC profile must be honoured, else with OpenCV."""
+    suffix = suffix.lower()
+    arr = compose_output(image, like, suffix)
+    if suffix in (".jpg", ".jpeg", ".webp") or (suffix == ".png" and icc_profile and arr.dtype == np.uint8):
+        return _pil_encode(arr, suffix, quality, subsampling, icc_profile)
+    cv2 = _cv2()
+    with _quiet_opencv():
+        ok, buf = cv2.imencode(suffix, arr, _encode_params(suffix, 95))
+    if not ok:
+        raise SpecError(f"cannot encode as {suffix}")
+    return bytes(buf.tobytes())
+
+
 def write_image_atomic(
     path: PathLike,
     image: np.ndarray,
@@ -431,6 +521,7 @@ def write_image_atomic(
     *,
     inputs: Iterable[PathLike] = (),
     jpeg_quality: int = 95,
+    data: bytes | None = None,
 ) -> Path:
     """Write an RGB result as an image file, atomically, never over an input.
 
@@ -444,6 +535,7 @@ def write_image_atomic(
         like: The :class:`LoadedImage` the result was made from (its path counts as an input).
         inputs: Further paths that must not be overwritten.
         jpeg_quality: 0..100 for ``.jpg``/``.jpeg`` output.
+        data: the file's bytes, encoded already (:func:`encode_image`); ``image`` is then unused.
 
     Returns:
         ``path``.
@@ -455,6 +547,8 @@ def write_image_atomic(
     path = Path(path)
     guarded = list(inputs) + ([like.path] if like is not None else [])
     ensure_not_input(path, guarded)
+    if data is not None:  # already encoded (encode_image)
+        return write_bytes_atomic(path, data, guarded)
     suffix = path.suffix.lower()
     arr = compose_output(image, like, suffix)
     cv2 = _cv2()

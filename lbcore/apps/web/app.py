@@ -518,10 +518,10 @@ def _write_zip(job: Job, path: Path) -> None:
 
 
 def _closeup(job: Job, index: int, face: int, rec: dict[str, Any]) -> Path:
-    """One face cut out of both halves of the side-by-side preview, side by side again (PNG).
+    """One face of the original and of the protected file, side by side at 1:1 pixels, without
+    landmark dots, so people judge for themselves whether the change shows (PNG).
 
-    The face box grows by half its size on each side, so the landmarks around the jaw and the
-    brows stay in view; nothing is re-measured.
+    The face box grows by half its size on each side; nothing is re-measured.
     """
     import numpy as np
 
@@ -530,16 +530,18 @@ def _closeup(job: Job, index: int, face: int, rec: dict[str, Any]) -> Path:
     path = job.folder / "closeups" / f"{index}-{face}.png"
     if path.exists():
         return path
-    side = read_image(_inside(job, rec["preview"]), max_pixels=None).rgb
-    w = side.shape[1] // 2
+    clean = read_image(_inside(job, rec["input"]), max_pixels=None).rgb
+    adv = read_image(_inside(job, rec["output"]), max_pixels=None).rgb
+    if clean.shape != adv.shape:
+        abort(404, "no close-up for this face")
     x1, y1, x2, y2 = rec["faces"][face]["box"]
     m = 0.5 * max(x2 - x1, y2 - y1)
-    xa, xb = max(0, int(x1 - m)), min(w, int(np.ceil(x2 + m)))
-    ya, yb = max(0, int(y1 - m)), min(side.shape[0], int(np.ceil(y2 + m)))
+    xa, xb = max(0, int(x1 - m)), min(clean.shape[1], int(np.ceil(x2 + m)))
+    ya, yb = max(0, int(y1 - m)), min(clean.shape[0], int(np.ceil(y2 + m)))
     if xb <= xa or yb <= ya:
         abort(404, "the face box lies outside the photo")
     gap = np.full((yb - ya, max(2, (xb - xa) // 40), 3), 255, np.uint8)
-    out = np.concatenate([side[ya:yb, xa:xb], gap, side[ya:yb, w + xa:w + xb]], axis=1)
+    out = np.concatenate([clean[ya:yb, xa:xb], gap, adv[ya:yb, xa:xb]], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image_atomic(path, out)
     return path

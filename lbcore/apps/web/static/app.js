@@ -216,7 +216,7 @@
         img.alt = `Face ${i + 1}: original (left) and protected (right), close up`;
         const cap = document.createElement("figcaption");
         cap.className = "muted";
-        cap.textContent = "Close-up: original | protected";
+        cap.textContent = "The face at 1:1 pixels: original | protected";
         fig.append(img, cap);
         block.append(fig);
       }
