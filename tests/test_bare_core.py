@@ -30,7 +30,7 @@ def _is_extra(name: str) -> bool:
     if low.startswith("__editable__") or low.endswith(".pth"):
         return True  # editable installs of lbcore and the plugins
     stem = low.split("-")[0].split(".")[0].replace("-", "_")
-    return stem in EXTRAS or stem == "dlib_bin"
+    return stem in EXTRAS or stem == "dlib_bin" or stem.startswith("lb_")  # every first-party plugin
 
 
 @pytest.fixture(scope="module")

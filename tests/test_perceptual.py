@@ -168,7 +168,7 @@ def format_runs(icc_jpeg, tmp_path_factory):
     for fmt in ("auto", "png", "webp", "jpeg"):
         folder = tmp_path_factory.mktemp(f"fmt-{fmt}")
         extra = ["--quality", "95"] if fmt == "jpeg" else []
-        res = _lb("protect", icc_jpeg, "-o", folder, "--format", fmt, *extra, "--steps", "12", "--min-face", "20",
+        res = _lb("protect", icc_jpeg, "-o", folder, "--format", fmt, *extra, "--extractor", "fan-demo", "--steps", "12", "--min-face", "20",
                   "--no-compression-check", "--json", "--device", "cpu")
         assert res.returncode == 0, res.stderr
         out[fmt] = json.loads(res.stdout)

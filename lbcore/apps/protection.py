@@ -109,6 +109,8 @@ def strength_settings(options: ProtectOptions) -> dict[str, Any]:
         v = getattr(options, name)
         if v is not None and (not math.isfinite(float(v)) or float(v) < 0):
             raise SpecError(f"--{name} {v} must be a finite number >= 0")
+        if v is not None and not 0 < float(v) <= 255:
+            raise SpecError(f"--{name} {v} must be in (0, 255] (the 0..255 pixel scale)")
     if options.steps is not None and options.steps < 0:
         raise SpecError(f"--steps {options.steps} must be >= 0")
     _, given = parse_spec(options.attack)

@@ -83,13 +83,13 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="What people may see, as a floor on similarity inside every face box: low SSIM 0.98 / "
                    "PSNR 42 dB, medium 0.95 / 38 dB, high 0.90 / 34 dB (soft face mask, change hidden in "
                    "texture); paper: the paper's L-inf 15, 20 steps, no perceptual budget (visible).")
-@click.option("--eps", type=click.FloatRange(0, 255), default=None,
+@click.option("--eps", type=float, default=None,
               help="Research: override the strength's L-inf cap (0..255, finite, >= 0).")
 @click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Override the strength's iteration count.")
 @click.option("--format", "fmt", default="auto", show_default=True, metavar="auto|png|jpeg|webp",
               help="Image output format; auto keeps the input's family (JPEG stays JPEG at its own quality, "
                    "WebP stays WebP, the rest PNG). JPEG output is attacked through the JPEG it is saved with.")
-@click.option("--quality", type=click.IntRange(1, 100), default=None,
+@click.option("--quality", type=int, default=None,
               help="JPEG/WebP quality 1..100 (default: JPEG the input's own, 85..98; WebP lossless).")
 @click.option("--robust", is_flag=True,
               help="Optimise through a differentiable JPEG so protection survives re-compression (slower).")
