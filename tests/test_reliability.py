@@ -26,8 +26,9 @@ cv2 = pytest.importorskip("cv2")
 av = pytest.importorskip("av")
 
 LB = [sys.executable, "-m", "lbcore"]
-TINY = ["--extractor", "tiny", "--box", "8,8,88,88", "--steps", "2", "--no-compression-check"]
-"""The cheap protect settings: the tiny test extractor (a real plugin), a fixed face box."""
+TINY = ["--extractor", "tiny", "--box", "8,8,88,88", "--steps", "2", "--no-compression-check", "--format", "png"]
+"""The cheap protect settings: the tiny test extractor (a real plugin), a fixed face box, lossless PNG
+outputs (the corpus checks name collisions between inputs that would map to one output name)."""
 
 
 def lb(*args: object, site: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
