@@ -139,13 +139,13 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     assert words and "of the eye distance" in words[0], words
     assert any("SSIM" in t for t in words)
 
-    # the side-by-side: loaded, twice the photo's width, labelled
+    # the side-by-side: loaded, twice the photo's width (and below it the face at 1:1), labelled
     img = card.find_element(By.CSS_SELECTOR, "img.sbs-img")
     # (fetched with the page's session header, then shown from a blob: URL)
     WebDriverWait(drv, 20).until(lambda d: d.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0", img))
     natural = drv.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
-    assert natural == [2 * w, h]
+    assert natural[0] == 2 * w and natural[1] > h
     assert img.size["width"] > 400  # shown, not collapsed
     labels = card.find_element(By.CSS_SELECTOR, ".sbs-labels").text
     assert "Original" in labels and "Protected" in labels
@@ -164,17 +164,19 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
 
     # the download button saves the protected photo
     link = card.find_element(By.CSS_SELECTOR, "a.r-download")
-    assert link.get_attribute("download") == "obama-protected.png"
+    assert link.get_attribute("download") == "obama-protected.jpg"  # a JPEG stays a JPEG
     link.click()
-    target = downloads / "obama-protected.png"
+    target = downloads / "obama-protected.jpg"
     deadline = time.monotonic() + 30
     while not target.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert target.exists(), sorted(p.name for p in downloads.iterdir())
     protected = _decode(target)
     assert protected.shape == (h, w, 3)
-    diff = np.abs(protected.astype(int) - _decode(photo).astype(int))
-    assert 0 < diff.max() <= 8  # strength low: at most 8/255 per pixel
+    diff = protected.astype(float) - _decode(photo).astype(float)
+    psnr = 10 * np.log10(255.0**2 / max(float((diff**2).mean()), 1e-12))
+    print(f"whole-photo PSNR of the download: {psnr:.1f} dB, max change {np.abs(diff).max():.0f}")
+    assert np.abs(diff).max() > 0 and psnr >= 38  # strength low: a similarity floor, not an L-inf one
     # one file: no zip button
     assert not drv.find_element(By.ID, "zip").is_displayed()
 
@@ -185,7 +187,9 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     drv.find_element(By.ID, "protect").click()
     message = drv.find_element(By.ID, "message")
     WebDriverWait(drv, 20).until(lambda d: message.is_displayed())
-    assert "notes.txt: not a photo or video this page takes" in message.text
+    assert "notes.txt" in message.text  # the reason stands beside the file's name
+    rejected = drv.find_element(By.CSS_SELECTOR, "#chosen li.rejected")
+    assert "notes.txt: not a photo or video this page takes" in rejected.text
     assert "Traceback" not in drv.page_source
 
     # "Delete my files" empties the private folder
@@ -194,10 +198,10 @@ def test_protect_a_photo_in_the_browser(shared: Path, server: tuple[str, Any], b
     drv.find_element(By.ID, "clear").click()
     WebDriverWait(drv, 10).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
                                  == "cleared")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a job stopped by the clear finishes its step first
     while any(p.is_file() for p in store.root.rglob("*")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(p.is_file() for p in store.root.rglob("*"))
+    assert not any(p.is_file() for p in store.root.rglob("*")), [str(p) for p in store.root.rglob("*")]
 
 
 def test_bad_file_reported_in_place_remove_buttons_and_details(shared: Path, server: tuple[str, Any],
