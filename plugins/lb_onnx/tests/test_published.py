@@ -136,18 +136,22 @@ def test_weights_list_shows_them(tmp_path):
     assert rows["mtcnn-onet"]["sha256"]
 
 
-def test_none_of_them_joins_the_default_protect_set(fresh_pm, tmp_path, monkeypatch):
-    """Used only when named: setup.sh puts onet.pt into the cache, and an ONNX file has no
-    random initialisation for `lb bench`."""
-    from lbcore.apps.protection import default_extractor_specs
+def test_only_present_face_swap_files_join_the_default_protect_set(fresh_pm, tmp_path, monkeypatch):
+    """The generic ``onnx`` and MTCNN (setup.sh puts onet.pt into every cache) are used only when
+    named; FaceFusion's and InsightFace's files join lb protect's default ensemble when present."""
+    from lbcore.apps.protection import plan_default_ensemble
 
-    (tmp_path / "cache" / "landmark-breaker").mkdir(parents=True)
     monkeypatch.setenv("LB_WEIGHTS_DIR", str(tmp_path))
-    for name in ("onnx", "2dfan4-onnx", "peppa-wutz", "2d106det", "mtcnn-onet", "mtcnn-onet-onnx"):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("onnx", "mtcnn-onet", "mtcnn-onet-onnx"):
         assert fresh_pm.get("extractors", name).metadata["default"] is False
-    usable, notes = default_extractor_specs(fresh_pm)
-    assert not set(usable) & {"mtcnn-onet", "onnx"}
-    assert not any(n.startswith(("onnx:", "mtcnn-onet:")) for n in notes)
+    plan = {m.label: m for m in plan_default_ensemble(fresh_pm)}
+    assert not set(plan) & {"onnx", "mtcnn-onet", "mtcnn-onet-onnx"}
+    assert all(plan[n].missing for n in ("2dfan4-onnx", "peppa-wutz", "2d106det"))
+    entry = fresh_pm.get("extractors", "peppa-wutz").metadata["weights"][0]
+    (tmp_path / entry.filename).write_bytes(b"stand-in")
+    labels = {m.label for m in plan_default_ensemble(fresh_pm)}
+    assert f"peppa-wutz ({entry.name})" in labels and "peppa-wutz" not in labels
 
 
 def test_keras_export_layout_and_same_padding(tmp_path):
