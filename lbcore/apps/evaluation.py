@@ -665,7 +665,43 @@ def _batches(images: Sequence[EvalImage], faces: Sequence[EvalFace], size: int) 
     return out
 
 
-class _Evaluation:
+class BatchedFaces:
+    """Batches of same-sized images with their faces, and an extractor's clean predictions on them:
+    what ``lb evaluate`` and ``lb transfer`` share. Needs ``images``, ``faces``, ``batches``,
+    ``torch`` and ``device`` on the instance."""
+
+    images: list[Any]
+    faces: list[Any]
+    batches: list[Any]
+    torch: Any
+    device: Any
+
+    def tensor(self, batch: Any) -> Any:
+        arr = np.stack([self.images[i].rgb for i in batch.images])
+        return self.torch.from_numpy(arr).permute(0, 3, 1, 2).float()
+
+    def faces_of(self, batch: Any) -> Any:
+        from lbcore.types import Faces
+
+        boxes = self.torch.tensor(np.stack([self.faces[f].box for f in batch.faces]), dtype=self.torch.float32)
+        return Faces(boxes, self.torch.tensor(batch.face_index, dtype=self.torch.long))
+
+    def predict(self, ext: Any, x: Any, faces: Any) -> np.ndarray:
+        """Landmarks in image pixels; extractors answering by queries may return numpy."""
+        with self.torch.no_grad():
+            out = ext.predict(x.to(self.device), faces.to(self.device))
+        return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
+
+    def _predict_clean(self, ext: Any) -> list[np.ndarray]:
+        out: list[np.ndarray] = [np.zeros((0, 2))] * len(self.faces)
+        for b in self.batches:
+            pred = self.predict(ext, self.tensor(b), self.faces_of(b))
+            for k, f in enumerate(b.faces):
+                out[f] = pred[k]
+        return out
+
+
+class _Evaluation(BatchedFaces):
     """State of one ``evaluate`` run: models, ground truth, the synthesiser."""
 
     def __init__(self, options: EvaluateOptions, images: list[EvalImage], faces: list[EvalFace],
@@ -709,28 +745,6 @@ class _Evaluation:
         if ref in self.specs:
             return ref, self.specs[ref]
         return "reference", ref
-
-    def tensor(self, batch: _Batch) -> Any:
-        arr = np.stack([self.images[i].rgb for i in batch.images])
-        return self.torch.from_numpy(arr).permute(0, 3, 1, 2).float()
-
-    def faces_of(self, batch: _Batch) -> Any:
-        from lbcore.types import Faces
-
-        boxes = self.torch.tensor(np.stack([self.faces[f].box for f in batch.faces]), dtype=self.torch.float32)
-        return Faces(boxes, self.torch.tensor(batch.face_index, dtype=self.torch.long))
-
-    def predict(self, ext: Any, x: Any, faces: Any) -> np.ndarray:
-        with self.torch.no_grad():
-            return ext.predict(x.to(self.device), faces.to(self.device)).detach().cpu().numpy().astype(np.float64)
-
-    def _predict_clean(self, ext: Any) -> list[np.ndarray]:
-        out: list[np.ndarray] = [np.zeros((0, 2))] * len(self.faces)
-        for b in self.batches:
-            pred = self.predict(ext, self.tensor(b), self.faces_of(b))
-            for k, f in enumerate(b.faces):
-                out[f] = pred[k]
-        return out
 
     # -- ground truth ----------------------------------------------------------------------
     def _ground_truth(self) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]]]:

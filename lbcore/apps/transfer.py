@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from lbcore.apps.evaluation import BatchedFaces
 from lbcore.errors import LBError, SpecError
 
 __all__ = ["TransferOptions", "BROKEN", "parse_attack", "transfer", "write_transfer_report"]
@@ -186,7 +187,7 @@ def _share(values: Sequence[float], threshold: float = BROKEN) -> float:
     return float((a > threshold).mean()) if a.size else float("nan")
 
 
-class _Run:
+class _Run(BatchedFaces):
     """Models, faces and clean predictions of one transfer run."""
 
     def __init__(self, options: TransferOptions, images: list[Any], faces: list[Any], pm: Any,
@@ -228,29 +229,6 @@ class _Run:
         except LBError as err:
             raise type(err)(f"extractor {label} ({spec}): {err}") from None
         return ext.to(self.device).eval() if hasattr(ext, "to") else ext
-
-    def tensor(self, batch: Any) -> Any:
-        arr = np.stack([self.images[i].rgb for i in batch.images])
-        return self.torch.from_numpy(arr).permute(0, 3, 1, 2).float()
-
-    def faces_of(self, batch: Any) -> Any:
-        from lbcore.types import Faces
-
-        boxes = self.torch.tensor(np.stack([self.faces[f].box for f in batch.faces]), dtype=self.torch.float32)
-        return Faces(boxes, self.torch.tensor(batch.face_index, dtype=self.torch.long))
-
-    def predict(self, ext: Any, x: Any, faces: Any) -> np.ndarray:
-        with self.torch.no_grad():
-            out = ext.predict(x.to(self.device), faces.to(self.device))
-        return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
-
-    def _predict_clean(self, ext: Any) -> list[np.ndarray]:
-        out: list[np.ndarray] = [np.zeros((0, 2))] * len(self.faces)
-        for b in self.batches:
-            pred = self.predict(ext, self.tensor(b), self.faces_of(b))
-            for k, f in enumerate(b.faces):
-                out[f] = pred[k]
-        return out
 
     def data_hash(self) -> str:
         import hashlib
