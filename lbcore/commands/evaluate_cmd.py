@@ -37,6 +37,27 @@ def _split_degradations(values: tuple[str, ...]) -> tuple[str, ...]:
 _performance = performance_options()
 
 
+def dataset_run_options(f: Any) -> Any:
+    """The options lb evaluate and lb transfer share: annotations, batching, device and speed,
+    seed, resume, weights and output."""
+    opts = [
+        click.option("--format", "annotation_format", type=click.Choice(["auto", "pts", "wflw", "dlib-xml"]),
+                     default="auto", show_default=True, help="Annotation file format."),
+        click.option("--image-root", default=None, help="WFLW lists: folder the image paths are relative to."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Images attacked together."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        *_performance,
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--force", is_flag=True, help="Recompute units a previous run finished."),
+        click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar or log."),
+        click.option("--json", "as_json", is_flag=True, help="Print results.json."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @click.command("evaluate")
 @click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", "outdir", required=True, type=click.Path(path_type=Path),
@@ -69,18 +90,7 @@ _performance = performance_options()
 @click.option("--key-frames", is_flag=True, help="Videos: keep only the key frames (as the paper).")
 @click.option("--max-frames", type=int, default=None, help="Longest accepted video (frames).")
 @click.option("--limit", type=int, default=None, help="Evaluate at most this many faces.")
-@click.option("--format", "annotation_format", type=click.Choice(["auto", "pts", "wflw", "dlib-xml"]),
-              default="auto", show_default=True, help="Annotation file format.")
-@click.option("--image-root", default=None, help="WFLW lists: folder the image paths are relative to.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images attacked together.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@_performance[0]
-@_performance[1]
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Recompute units a previous run finished.")
-@click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log.")
-@click.option("--json", "as_json", is_flag=True, help="Print results.json.")
+@dataset_run_options
 def evaluate_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ...], attacks: tuple[str, ...],
                  degradations: tuple[str, ...], ablate: tuple[str, ...], ablate_attack: str,
                  reference: str | None, ground_truth: str, eps: float | None, steps: int | None, synth: str,

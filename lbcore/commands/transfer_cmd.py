@@ -8,10 +8,7 @@ from typing import Any
 
 import click
 
-from lbcore.commands.attack_cmd import performance_options
-from lbcore.commands.evaluate_cmd import _split_degradations
-
-_performance = performance_options()
+from lbcore.commands.evaluate_cmd import _split_degradations, dataset_run_options
 
 
 @click.command("transfer")
@@ -41,18 +38,7 @@ _performance = performance_options()
 @click.option("--limit", type=int, default=None, help="Use at most this many faces.")
 @click.option("--context", type=float, default=1.0, show_default=True,
               help="Crop images to their faces grown by this many box sizes (speed only; 0 = whole images).")
-@click.option("--format", "annotation_format", type=click.Choice(["auto", "pts", "wflw", "dlib-xml"]),
-              default="auto", show_default=True, help="Annotation file format.")
-@click.option("--image-root", default=None, help="WFLW lists: folder the image paths are relative to.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images attacked together.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@_performance[0]
-@_performance[1]
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Recompute units a previous run finished.")
-@click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log.")
-@click.option("--json", "as_json", is_flag=True, help="Print results.json.")
+@dataset_run_options
 def transfer_cmd(data: tuple[Path, ...], outdir: Path, extractors: tuple[str, ...], measure_only: tuple[str, ...],
                  attacks: tuple[str, ...], degradations: tuple[str, ...], no_white_box: bool, no_controls: bool,
                  eps: float | None, steps: int | None, detector: str, min_face: int, limit: int | None, context: float,
