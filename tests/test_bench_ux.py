@@ -26,6 +26,33 @@ def test_default_is_the_quick_sweep_and_full_is_behind_a_flag(monkeypatch):
     quick, full = seen
     assert (quick.batches, quick.steps, quick.baseline_faces) == ((4,), 3, 1)
     assert (full.batches, full.steps, full.baseline_faces) == ((1, 4, 16), 20, 2)
+    assert quick.one_extractor and not full.one_extractor
+
+
+def test_the_quick_sweep_measures_one_extractor_hrnet_first(monkeypatch):
+    import lbcore.apps.bench as bench
+
+    installed = ["avssan:weights=none", "fan:weights=none", "hrnet:weights=none"]
+    monkeypatch.setattr(bench, "_default_bench_specs", lambda pm: list(installed))
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        raise _Stop  # the choice is made before anything is built
+
+    with pytest.raises(_Stop):
+        bench.run_bench(bench.BenchOptions(one_extractor=True, batches=(1,), steps=1, device="cpu"), progress=log)
+    assert lines == ["quick sweep: hrnet:weights=none only (also: avssan:weights=none, fan:weights=none; name "
+                     "them with --extractor, or --full for all)"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_estimate(line: str) -> None:
+    if line.startswith("estimate:"):
+        raise _Stop
 
 
 def test_an_estimate_comes_before_the_first_measurement():

@@ -80,6 +80,8 @@ class BenchOptions:
     baseline_faces: int = 2
     baseline: bool = True
     seed: int = 0
+    #: with no ``extractors``: measure only the first default extractor (HRNet when installed)
+    one_extractor: bool = False
 
 
 def synthetic_batch(n: int, size: int, seed: int = 0) -> tuple[Any, Any]:
@@ -362,6 +364,11 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     specs = list(options.extractors) or _default_bench_specs(pm)
     if not specs:
         raise SpecError("no extractor installed to benchmark (install lb-fan, lb-hrnet or lb-avssan)")
+    if options.one_extractor and not options.extractors and len(specs) > 1:
+        specs.sort(key=lambda s: not s.startswith("hrnet:"))  # the paper's HRNetV2-W18 first
+        log(f"quick sweep: {specs[0]} only (also: {', '.join(specs[1:])}; name them with --extractor, "
+            "or --full for all)")
+        specs = specs[:1]
     perf = Performance(amp=amp, channels_last=options.channels_last, compile=options.compile)
     peak, peak_source = device_peak(dev, amp)
     pool_images, pool_faces = synthetic_batch(max(options.batches), options.image_size, options.seed)

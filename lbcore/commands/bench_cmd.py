@@ -58,7 +58,7 @@ def bench_cmd(extractors: tuple[str, ...], attacks: tuple[str, ...], batches: tu
         extractors=extractors, attacks=attacks or ("lb",), batches=batches or default_batches,
         steps=steps or default_steps, repeat=repeat, device=device, amp=amp, compile=compile_,
         channels_last=channels_last, image_size=image_size, baseline_faces=n_baseline,
-        baseline=n_baseline > 0,
+        baseline=n_baseline > 0, one_extractor=not full,
     )
     log = None if as_json else (lambda s: click.echo(s, err=True))
     result = run_bench(options, progress=log)
