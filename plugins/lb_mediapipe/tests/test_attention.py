@@ -136,7 +136,7 @@ def test_refinement_writes_parts_into_the_mesh_and_appends_irises():
 def test_the_rebuilt_graph_matches_mediapipe_itself_on_the_sample_faces(ext, faces68):
     """MediaPipe 0.10.21's FaceLandmarkCpu graph (with attention; tools/attention_reference.py) on
     the same uint8 crops gave the 478 landmarks in tests/data; the torch network agrees within
-    1e-3 of the crop size (measured: 1e-4 px)."""
+    1e-3 of the crop size (measured: 7.6e-5 px)."""
     from lbcore.extractor import affine_crop
 
     ref = np.load(REFERENCE)
@@ -174,7 +174,8 @@ def test_extractor_on_the_annotated_faces_and_its_gradient(ext, faces68):
         out = ext(x, Faces.from_lists([[box_from_landmarks(gt)]]))
         assert out.extra["mesh"].shape == (1, 478, 2) and out.landmarks.shape == (1, 68, 2)
         errors.append(float(nme(ext.decode(out)[0].detach().numpy(), gt)))
-    assert max(errors) < 0.16 and float(np.median(errors)) < 0.11, errors
+    # measured: breakingbad 0.118, einstein 0.071, lenna 0.064, takeo 0.044 (the plain mesh: 0.137-0.051)
+    assert max(errors) < 0.13 and float(np.median(errors)) < 0.08, errors
     x = torch.from_numpy(faces68[2][1]).permute(2, 0, 1)[None].float().requires_grad_(True)
     out = ext(x, Faces.from_lists([[box_from_landmarks(faces68[2][2])]]))
     (g,) = torch.autograd.grad(out.landmarks[0, 62].sum() + out.heatmaps.sum(), x)  # an inner-lip point
