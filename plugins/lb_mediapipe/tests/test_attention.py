@@ -182,7 +182,7 @@ def test_extractor_on_the_annotated_faces_and_its_gradient(ext, faces68):
     assert bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0
 
 
-def test_registered_with_the_published_weights_and_not_in_the_default_ensemble(fresh_pm):
+def test_registered_with_the_published_weights_and_its_default_flag(fresh_pm):
     comp = fresh_pm.get("extractors", "mediapipe-attention")
     assert comp.distribution == "lb-mediapipe"
     (w,) = comp.metadata["weights"]
