@@ -2,7 +2,7 @@
 
 The ``.tflite`` files ship inside the ``mediapipe==0.10.21`` wheel on PyPI (later releases no
 longer bundle them). This downloads that one wheel with pip (``--no-deps``; mediapipe itself is
-never installed), takes the two members out, checks their sha256 against the published files
+never installed), takes the model files out, checks their sha256 against the published files
 and writes them to ``$LB_WEIGHTS_DIR`` or the cache folder of :func:`lbcore.weights.cache_dir`,
 where ``weights=auto`` finds them. Files already there with the right sha256 are left alone.
 
@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lb_mediapipe.plugin import BLAZEFACE_WEIGHTS, FACE_MESH_WEIGHTS
+from lb_mediapipe.plugin import ATTENTION_MESH_WEIGHTS, BLAZEFACE_WEIGHTS, FACE_MESH_WEIGHTS
 from lbcore.errors import WeightsError
 from lbcore.weights import WeightsFile, cache_dir, sha256sum
 
@@ -31,6 +31,7 @@ WHEEL = "mediapipe==0.10.21"
 MEMBERS: dict[str, WeightsFile] = {
     "mediapipe/modules/face_landmark/face_landmark.tflite": FACE_MESH_WEIGHTS,
     "mediapipe/modules/face_detection/face_detection_short_range.tflite": BLAZEFACE_WEIGHTS,
+    "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite": ATTENTION_MESH_WEIGHTS,
 }
 
 

@@ -11,10 +11,14 @@ Layout: activations of rank 4 are kept NCHW inside the network (torch's layout);
 NCHW and outputs come back in TFLite's own layout (NHWC for rank 4), batch first. Any batch size
 works: a RESHAPE keeps the batch dimension.
 
-Supported operators (what MediaPipe's face mesh and BlazeFace models use): ADD, CONCATENATION,
-CONV_2D, DEPTHWISE_CONV_2D, DEQUANTIZE (of constants), MAX_POOL_2D, AVERAGE_POOL_2D, PAD, PRELU,
-RELU, RELU6, LOGISTIC, RESHAPE. Anything else, quantized (integer) activations or sparse weights
-raise a one-line :class:`~lbcore.errors.WeightsError` naming the file and the operator.
+Supported operators (what MediaPipe's face mesh, attention mesh and BlazeFace models use): ADD,
+CONCATENATION, CONV_2D, DEPTHWISE_CONV_2D, DEQUANTIZE (of constants), MAX_POOL_2D, AVERAGE_POOL_2D,
+MUL, PAD, PRELU, RELU, RELU6, LOGISTIC, RESHAPE, STRIDED_SLICE (constant bounds, no
+ellipsis/new-axis/shrink masks), and MediaPipe's custom operators Landmarks2TransformMatrix,
+TransformTensorBilinear and TransformLandmarks (see :mod:`lb_mediapipe.mediapipe_ops`; their
+options are flexbuffers, read with the ``flatbuffers`` package). Anything else, quantized
+(integer) activations or sparse weights raise a one-line :class:`~lbcore.errors.WeightsError`
+naming the file and the operator.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lb_mediapipe import mediapipe_ops as mpo
 from lbcore.errors import WeightsError
 
 __all__ = ["TFLiteNet", "read_tflite", "SUPPORTED_OPS"]
 
 SUPPORTED_OPS = (
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
-    "LOGISTIC", "MAX_POOL_2D", "PAD", "PRELU", "RELU", "RELU6", "RESHAPE",
+    "LOGISTIC", "MAX_POOL_2D", "MUL", "PAD", "PRELU", "RELU", "RELU6", "RESHAPE", "STRIDED_SLICE",
+    "CUSTOM:Landmarks2TransformMatrix", "CUSTOM:TransformTensorBilinear", "CUSTOM:TransformLandmarks",
 )
 
 _MAX_BYTES = 256 << 20  # far above any face model; refuses absurd files before parsing
@@ -180,9 +186,16 @@ def _parse(tfl: Any, data: bytes, g: _Graph) -> None:
             o = _options(tfl, op, "Pool2DOptions")
             opts = {"stride": (o.StrideH(), o.StrideW()), "kernel": (o.FilterHeight(), o.FilterWidth()),
                     "same": o.Padding() == _SAME, "act": o.FusedActivationFunction()}
-        elif name == "ADD":
-            o = _options(tfl, op, "AddOptions")
+        elif name in ("ADD", "MUL"):
+            o = _options(tfl, op, "AddOptions" if name == "ADD" else "MulOptions")
             opts = {"act": o.FusedActivationFunction() if o is not None else _ACT_NONE}
+        elif name == "STRIDED_SLICE":
+            o = _options(tfl, op, "StridedSliceOptions")
+            if o.EllipsisMask() or o.NewAxisMask() or o.ShrinkAxisMask():
+                raise g.fail(f"STRIDED_SLICE with ellipsis/new-axis/shrink masks (operator {k}) is not supported")
+            opts = {"begin_mask": o.BeginMask(), "end_mask": o.EndMask()}
+        elif name.startswith("CUSTOM:"):
+            opts = _custom_options(op, g, k, name)
         elif name == "CONCATENATION":
             o = _options(tfl, op, "ConcatenationOptions")
             opts = {"axis": o.Axis(), "act": o.FusedActivationFunction()}
@@ -193,6 +206,21 @@ def _parse(tfl: Any, data: bytes, g: _Graph) -> None:
                 raise g.fail(f"{name} (operator {k}) computes on non-float32 tensor {g.names[t]!r}: "
                              "quantized models are not supported")
         g.ops.append((name, ins, outs, opts))
+
+
+def _custom_options(op: Any, g: _Graph, k: int, name: str) -> dict[str, Any]:
+    """A custom operator's options: a flexbuffer map (MediaPipe's operators), or none."""
+    if not op.CustomOptionsLength():
+        return {}
+    from flatbuffers import flexbuffers
+
+    try:
+        opts = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
+    except Exception as err:  # a damaged flexbuffer
+        raise g.fail(f"{name} (operator {k}): unreadable custom options ({type(err).__name__})") from None
+    if not isinstance(opts, dict):
+        raise g.fail(f"{name} (operator {k}): custom options are not a map")
+    return dict(opts)
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -287,13 +315,43 @@ class TFLiteNet(torch.nn.Module):
             order = [2, 1, 3] if len(pads) == 4 else list(range(len(pads)))[::-1]
             flat = [int(v) for d in order for v in pads[d]]
             out["pads"] = flat
+        elif name == "STRIDED_SLICE":
+            parts = [g.consts.get(t) for t in ins[1:4]]
+            if any(p is None for p in parts):
+                raise g.fail("STRIDED_SLICE with computed bounds is not supported")
+            shape = g.shapes[ins[0]]
+            begin, end, strides = ([int(v) for v in p.reshape(-1)] for p in parts if p is not None)
+            sl = []
+            for d in range(len(shape)):
+                b = None if opts["begin_mask"] >> d & 1 else begin[d]
+                e = None if opts["end_mask"] >> d & 1 else end[d]
+                sl.append((b, e, strides[d]))
+            if shape and sl[0] != (0, shape[0], 1) and sl[0][:2] != (None, None):
+                raise g.fail("STRIDED_SLICE of the batch dimension is not supported")
+            out["slices"] = [(None, None, 1)] + sl[1:]
+        elif name == "CUSTOM:Landmarks2TransformMatrix":
+            need = ("left_rotation_idx", "right_rotation_idx", "subset_idxs", "output_width", "output_height",
+                    "scale_x", "scale_y")
+            if any(key not in opts for key in need) or len(g.shapes[ins[0]]) != 3:
+                raise g.fail(f"{name}: only version 2 (rank-3 landmarks; options {', '.join(need)}) is supported")
+            points = g.shapes[ins[0]][1]
+            idx = [int(i) for i in opts["subset_idxs"]] + [int(opts["left_rotation_idx"]), int(opts["right_rotation_idx"])]
+            if not opts["subset_idxs"] or min(idx) < 0 or max(idx) >= points:
+                raise g.fail(f"{name}: landmark indices outside 0..{points - 1}")
+        elif name == "CUSTOM:TransformTensorBilinear":
+            if len(g.shapes[ins[0]]) != 4 or len(g.shapes[outs[0]]) != 4:
+                raise g.fail(f"{name}: only rank-4 (NHWC) tensors are supported")
+            out["size"] = (int(g.shapes[outs[0]][1]), int(g.shapes[outs[0]][2]))
+        elif name == "CUSTOM:TransformLandmarks":
+            if len(g.shapes[ins[0]]) != 3:
+                raise g.fail(f"{name}: only version 2 (rank-3 landmarks) is supported")
         elif name == "RESHAPE":
             # the output tensor's static shape; its batch dimension follows the input's
             out["shape"] = [int(v) for v in g.shapes[outs[0]]]
             if not out["shape"]:
                 raise g.fail("RESHAPE to an unknown shape is not supported")
         for t in ins:
-            if t >= 0 and t in g.consts and name in ("ADD", "CONCATENATION"):
+            if t >= 0 and t in g.consts and name in ("ADD", "MUL", "CONCATENATION"):
                 arr = g.consts[t].astype(np.float32)
                 if self._ranks.get(t) == 4:
                     arr = arr.transpose(0, 3, 1, 2)
@@ -356,6 +414,25 @@ class TFLiteNet(torch.nn.Module):
                 y = self._act(pool(h, (kh, kw), o["stride"]), o["act"])
             elif name == "ADD":
                 y = self._act(arg(ins[0]) + arg(ins[1]), o["act"])
+            elif name == "MUL":
+                y = self._act(arg(ins[0]) * arg(ins[1]), o["act"])
+            elif name == "STRIDED_SLICE":
+                h = vals[ins[0]]
+                if h.dim() == 4:
+                    h = h.permute(0, 2, 3, 1)
+                y = h[tuple(slice(*s) for s in o["slices"])]
+                if y.dim() == 4:
+                    y = y.permute(0, 3, 1, 2)
+            elif name == "CUSTOM:Landmarks2TransformMatrix":
+                y = mpo.landmarks_to_transform_matrix(
+                    vals[ins[0]], left=int(o["left_rotation_idx"]), right=int(o["right_rotation_idx"]),
+                    subset=[int(i) for i in o["subset_idxs"]], out_w=int(o["output_width"]),
+                    out_h=int(o["output_height"]), scale_x=float(o["scale_x"]), scale_y=float(o["scale_y"]),
+                    target_rotation=float(o.get("target_rotation_radians", 0.0)))
+            elif name == "CUSTOM:TransformTensorBilinear":
+                y = mpo.transform_tensor_bilinear(vals[ins[0]], vals[ins[1]], *o["size"])
+            elif name == "CUSTOM:TransformLandmarks":
+                y = mpo.transform_landmarks(vals[ins[0]], vals[ins[1]])
             elif name == "PRELU":
                 h = vals[ins[0]]
                 a = getattr(self, o["alpha"]).to(h.dtype)

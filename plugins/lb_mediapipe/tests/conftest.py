@@ -30,6 +30,13 @@ def face_mesh_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def attention_path() -> Path:
+    from lb_mediapipe.plugin import ATTENTION_MESH_WEIGHTS
+
+    return _model(ATTENTION_MESH_WEIGHTS)
+
+
+@pytest.fixture(scope="session")
 def blazeface_path() -> Path:
     from lb_mediapipe.plugin import BLAZEFACE_WEIGHTS
 

@@ -19,9 +19,9 @@ def _wheel(path, blobs):
 
 
 @pytest.fixture
-def real_blobs(face_mesh_path, blazeface_path):
-    return {m: (face_mesh_path if e.filename == face_mesh_path.name else blazeface_path).read_bytes()
-            for m, e in MEMBERS.items()}
+def real_blobs(face_mesh_path, blazeface_path, attention_path):
+    files = {p.name: p for p in (face_mesh_path, blazeface_path, attention_path)}
+    return {m: files[e.filename].read_bytes() for m, e in MEMBERS.items()}
 
 
 def test_unpacks_the_members_then_skips_when_present(tmp_path, real_blobs):
@@ -30,9 +30,10 @@ def test_unpacks_the_members_then_skips_when_present(tmp_path, real_blobs):
     dest = tmp_path / "weights"
     said: list[str] = []
     paths = fetch(dest, whl, log=said.append)
-    assert sorted(p.name for p in dest.iterdir()) == ["face_detection_short_range.tflite", "face_landmark.tflite"]
+    assert sorted(p.name for p in dest.iterdir()) == ["face_detection_short_range.tflite", "face_landmark.tflite",
+                                                      "face_landmark_with_attention.tflite"]
     assert [p.read_bytes() for p in paths] == [real_blobs[m] for m in MEMBERS]
-    assert len(said) == 2 and all(s.startswith("wrote ") for s in said)
+    assert len(said) == 3 and all(s.startswith("wrote ") for s in said)
     said.clear()
     fetch(dest, tmp_path / "absent.whl", log=said.append)  # nothing to do: the wheel is not even opened
     assert said == [f"MediaPipe model files already in {dest}"]
