@@ -1,9 +1,10 @@
 """Where does an attack's SSIM_W come from: broken landmarks, or the perturbed pixels themselves?
 
-For Base1 (FGSM, one step of size eps), Base2 and LB on ``fan-demo``, per face, it prints the NME,
-SSIM_W and its two controls (``ssim_w_clean_landmarks``: the adversarial image synthesised with the
-clean landmarks - pixels only; ``ssim_alignment``: an ideal model with broken alignment - landmarks
-only), then follows the pixels-only control through the face-swap pipeline stage by stage, all on
+For Base1 (FGSM, one step of size eps), Base2 and LB (and LB ablations, ``lb@steps=5``,
+``lb@alpha=0.25``) on ``fan-demo``, per face, it prints the NME, SSIM_W and its controls
+(``ssim_w_clean_landmarks``: the adversarial image synthesised with the clean landmarks - pixels
+only; ``ssim_w_clean_pixels``: the clean image synthesised with the adversarial landmarks -
+landmarks only; ``ssim_alignment``: an ideal model with broken alignment), then follows the pixels-only control through the face-swap pipeline stage by stage, all on
 the clean alignment crop at the swap model's resolution, weighted by the clean blend mask:
 
 * ``crop_in``   - the aligned input crops (what the autoencoder is given);
@@ -76,16 +77,22 @@ def main() -> None:
     ap.add_argument("data", nargs="+", help="annotation files or folders (as lb evaluate)")
     ap.add_argument("--synth", required=True, help="face-swap model folder")
     ap.add_argument("--extractor", default="fan-demo")
-    ap.add_argument("--attacks", default="base1,base2,lb")
+    ap.add_argument("--attacks", default="base1,base2,lb",
+                    help="comma-separated presets; PRESET@PARAM=VALUE for an ablation (alpha, steps, eps, decay)")
     ap.add_argument("--limit", type=int, default=9)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     import torch
 
-    from lbcore.apps.evaluation import EvaluateOptions, _batches, fast_ssim_w, load_dataset
+    from lbcore.apps.evaluation import (
+        EvaluateOptions,
+        _batches,
+        attack_config,
+        fast_ssim_w,
+        load_dataset,
+    )
     from lbcore.apps.synthesis import FaceSwapper
-    from lbcore.attacks import preset
     from lbcore.engine import attack
     from lbcore.metrics import nme
     from lbcore.plugins import get_plugin_manager
@@ -95,13 +102,16 @@ def main() -> None:
     ext = pm.build("extractors", args.extractor).eval()
     swapper = FaceSwapper.load(args.synth)
     images, faces, _ = load_dataset(args.data, EvaluateOptions(limit=args.limit))
-    cols = ("nme", "ssim_w", "ssim_w_clean_landmarks", "ssim_alignment", "crop_in", "net", "net_col",
+    cols = ("nme", "ssim_w", "ssim_w_clean_landmarks", "ssim_w_clean_pixels", "ssim_alignment", "crop_in", "net", "net_col",
             "pasted", "border", "|d|", "hf")
     print("| attack | face | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     means: dict[str, list[list[float]]] = {}
     for name in args.attacks.split(","):
-        config = preset(name, seed=args.seed)
+        preset_name, _, ablate = name.partition("@")
+        param, _, value = ablate.partition("=")
+        config = attack_config(preset_name, EvaluateOptions(seed=args.seed),
+                               (param, float(value)) if ablate else None)
         for b in _batches(images, faces, 8):
             x = torch.from_numpy(np.stack([images[i].rgb for i in b.images])).permute(0, 3, 1, 2).float()
             boxes = torch.tensor(np.stack([faces[f].box for f in b.faces]), dtype=torch.float32)
@@ -120,7 +130,7 @@ def main() -> None:
                 s = stages(swapper, clean, a, p_clean[k])
                 mag, hf = perturbation(clean, a, face.box)
                 vals = [float(nme(p_adv[k], gt, ext.scheme)), r["ssim_w"], r["ssim_w_clean_landmarks"],
-                        r["ssim_alignment"], *s.values(), mag, hf]
+                        r["ssim_w_clean_pixels"], r["ssim_alignment"], *s.values(), mag, hf]
                 means.setdefault(name, []).append(vals)
                 print(f"| {name} | {f} | " + " | ".join(f"{v:.3f}" for v in vals) + " |", flush=True)
     for name, rows in means.items():
