@@ -3,6 +3,8 @@
     python benchmarks/paper_tables.py --table3 T3/results.json --table4 T4/results.json \\
         [--fan fan-demo]
 
+(an output folder instead of a results.json reads the units an unfinished run has finished).
+
 ``--fan`` names the run's extractor that stands for the paper's FAN (its column is set beside the
 paper's FAN column); the other extractors have no counterpart in the paper and are shown alone.
 The paper's numbers are those printed in Sun et al., WIFS 2020, Tables I, III and IV (FAN column,
@@ -40,8 +42,18 @@ DEG = {"none": "None", "jpeg:quality=75": "IC Q75", "jpeg:quality=50": "IC Q50",
 ATT = {"none": "None (clean)", "base1": "Base1", "base2": "Base2", "lb": "LB", "lbtrans": "LBtrans", "lbmix": "LBmix"}
 
 
+def _partial(folder: Path) -> dict[str, Any]:
+    """What results.json would hold, from the finished units of an unfinished run (OUT/partial)."""
+    rows = [r for f in sorted(folder.glob("partial/*.json")) for r in json.loads(f.read_text())["rows"]]
+    labels = list(dict.fromkeys(r["target"] for r in rows))
+    degs = list(dict.fromkeys(r["degradation"] for r in rows))
+    return {"rows": rows, "config": {"extractors": dict.fromkeys(labels), "degradations": degs},
+            "data": {"faces": max((r["n_faces"] for r in rows), default=0)}}
+
+
 def _index(path: str) -> tuple[dict[tuple[Any, ...], dict[str, Any]], list[str], dict[str, Any]]:
-    results = json.loads(Path(path).read_text())
+    """Rows of a results.json, or of the finished units of a run's output folder."""
+    results = _partial(Path(path)) if Path(path).is_dir() else json.loads(Path(path).read_text())
     rows = {(r["source"], r["attack"], r["target"], r["degradation"]): r for r in results["rows"] if not r["ablate"]}
     return rows, list(results["config"]["extractors"]), results
 
