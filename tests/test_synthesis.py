@@ -451,3 +451,14 @@ def test_clean_pixel_and_clean_landmark_controls_split_ssim_w(takeo, trained) ->
     assert both.ssim_w_clean_landmarks == pytest.approx(pixels.ssim_w_clean_landmarks)
     # the dense perturbation lowers SSIM_W below the landmark shift's own figure
     assert both.ssim_w < landmarks.ssim_w
+
+
+def test_clean_landmarks_that_cannot_swap_give_nan_figures_and_the_reason(takeo, trained) -> None:
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    off_frame = lm + np.array([3.0 * img.shape[1], 0.0])
+    rec = ssim_w(img, img, off_frame, lm, sw, box)
+    assert (rec.failure or "").startswith("clean landmarks: fake outside the frame"), rec.as_dict()
+    assert rec.variant == "aligned"
+    assert all(np.isnan(v) for k, v in rec.as_dict().items() if k not in ("failure", "variant")), rec.as_dict()

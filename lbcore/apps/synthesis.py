@@ -851,7 +851,8 @@ def ssim_w(
     nan = float("nan")
     problem = swap_problem(lm_c, orig.shape, size, pad)
     if problem is not None:
-        return SynthesisSSIM(nan, nan, nan, nan, nan, nan, nan, f"clean landmarks: {problem}", variant)
+        return SynthesisSSIM(nan, nan, nan, nan, nan, nan, nan, failure=f"clean landmarks: {problem}",
+                             variant=variant)
     fake_clean, mask_clean = swapper.synthesize(orig, lm_c, identity, colour)
     fake_adv_cl, mask_adv_cl = swapper.synthesize(adv, lm_c, identity, colour)
     # the model-free controls at twice the image's resolution: they show geometry, not the
@@ -879,8 +880,8 @@ def ssim_w(
         # untouched image's. The paper's figure compares the clean fake with the adversarial
         # image as it is (what the literal metric would see).
         return SynthesisSSIM(WORST_SSIM, clean_landmarks, WORST_SSIM, WORST_SSIM, nan, nan,
-                             region_ssim(fake_clean, adv, box_arr, "masked-image"), WORST_SSIM, problem, variant,
-                             images)
+                             region_ssim(fake_clean, adv, box_arr, "masked-image"), ssim_w_clean_pixels=WORST_SSIM,
+                             failure=problem, variant=variant, images=images)
     fake_adv, mask_adv = swapper.synthesize(adv, lm_a, identity, colour)
     fake_clean_adv_lm, mask_clean_adv_lm = swapper.synthesize(orig, lm_a, identity, colour)
     ident_adv, mask_ident_adv = swapper.round_trip(adv, lm_a, size=native)
