@@ -129,7 +129,7 @@ def test_fast_ssim_w_equals_synthesis_ssim_w(shared):
     # the same up to OpenCV's fixed-point (1/32 px) warp coordinates, which round differently
     # when the frame moves by an integer offset
     for k in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod",
-              "ssim_w_masked_image"):
+              "ssim_w_masked_image", "ssim_w_clean_pixels"):
         assert fast[k] == pytest.approx(full[k], abs=5e-4), k
     assert fast["failure"] is None and full["failure"] is None
     assert full["ssim_w"] < 0.99
@@ -261,6 +261,11 @@ def test_evaluate_command_builds_the_papers_tables(shared, models, tmp_path, mon
     for key in ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment"):
         assert lb[key] is not None and 0 < lb[key] <= 1.0
     assert len(lb["per_face"]["nme"]) == 3
+    # per face: SSIM_W with both of its controls (pixels only, landmarks only), whose means are the row's
+    for key in ("ssim_w", "ssim_w_clean_landmarks", "ssim_w_clean_pixels", "ssim_alignment"):
+        faces = lb["per_face"][key]
+        assert len(faces) == 3 and lb[key] == pytest.approx(float(np.mean(faces)), abs=1e-5), key
+    assert none["ssim_w_clean_pixels"] == pytest.approx(1.0)
 
     md = (out / "report.md").read_text()
     t1 = _section_tables(md, "Table I ")

@@ -253,10 +253,10 @@ def test_ssim_w_record_and_controls(takeo, trained) -> None:
     assert rec.ssim_w < rec.ssim_w_clean_landmarks
     assert rec.ssim_alignment < rec.ssim_identity
     assert set(rec.images) == {"fake_clean", "fake_adv", "fake_adv_clean_landmarks",
-                               "identity_clean", "identity_adv", "alignment_adv"}
+                               "identity_clean", "identity_adv", "alignment_adv", "fake_clean_adv_landmarks"}
     assert set(rec.as_dict()) == {"ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment",
                                   "alignment_shift", "alignment_shift_iod", "ssim_w_masked_image", "failure",
-                                  "variant"}
+                                  "variant", "ssim_w_clean_pixels"}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -423,3 +423,42 @@ def test_ssim_w_does_not_depend_on_the_face_size_in_the_frame(takeo, trained) ->
     assert abs(small.ssim_w - large.ssim_w) < 0.02, (small.ssim_w, large.ssim_w)
     # the paper's whole-image variant does not have this property: it drifts towards 1
     assert large.ssim_w_masked_image > small.ssim_w_masked_image
+
+
+def test_clean_pixel_and_clean_landmark_controls_split_ssim_w(takeo, trained) -> None:
+    """The two controls separate what the perturbed pixels do from what the broken landmarks do:
+    a dense +-15 sign perturbation (Base1's kind) with the landmarks unchanged costs SSIM_W through
+    the pixels alone, and the clean-pixels control does not see it; a landmark shift on clean
+    pixels is seen by the clean-pixels control alone. With both, the clean-pixels control equals
+    the shift-only figure, whatever the pixels (the Base1 exception in the README)."""
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    rng = np.random.default_rng(5)
+    dense = np.clip(img.astype(int) + 15 * rng.choice([-1, 1], img.shape), 0, 255).astype(np.uint8)
+    shifted = lm + 0.3 * _iod(lm) * np.array([1.0, 0.0])
+
+    pixels = ssim_w(img, dense, lm, lm, sw, box)
+    assert pixels.ssim_w_clean_pixels == pytest.approx(1.0)
+    assert pixels.ssim_w == pytest.approx(pixels.ssim_w_clean_landmarks) and pixels.ssim_w < 0.99
+
+    landmarks = ssim_w(img, img, lm, shifted, sw, box)
+    assert landmarks.ssim_w_clean_landmarks == pytest.approx(1.0)
+    assert landmarks.ssim_w_clean_pixels == pytest.approx(landmarks.ssim_w) and landmarks.ssim_w < 0.95
+
+    both = ssim_w(img, dense, lm, shifted, sw, box)
+    assert both.ssim_w_clean_pixels == pytest.approx(landmarks.ssim_w_clean_pixels)
+    assert both.ssim_w_clean_landmarks == pytest.approx(pixels.ssim_w_clean_landmarks)
+    # the dense perturbation lowers SSIM_W below the landmark shift's own figure
+    assert both.ssim_w < landmarks.ssim_w
+
+
+def test_clean_landmarks_that_cannot_swap_give_nan_figures_and_the_reason(takeo, trained) -> None:
+    _, sw = trained
+    img, lm = takeo
+    box = [*lm.min(axis=0), *lm.max(axis=0)]
+    off_frame = lm + np.array([3.0 * img.shape[1], 0.0])
+    rec = ssim_w(img, img, off_frame, lm, sw, box)
+    assert (rec.failure or "").startswith("clean landmarks: fake outside the frame"), rec.as_dict()
+    assert rec.variant == "aligned"
+    assert all(np.isnan(v) for k, v in rec.as_dict().items() if k not in ("failure", "variant")), rec.as_dict()

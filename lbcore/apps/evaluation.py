@@ -24,7 +24,8 @@ The pipeline of the paper's Fig. 2, for every combination the tables need:
   clean landmarks at the swap model's resolution (:func:`lbcore.apps.synthesis.ssim_w`, variant ``aligned``; the paper's
   whole-image figure is ``ssim_w_masked_image``), with its controls: the identity round
   trip (align, no autoencoder, warp back: ``ssim_identity``), the adversarial image
-  synthesised with the clean landmarks (``ssim_w_clean_landmarks``) and the ideal-alignment
+  synthesised with the clean landmarks (``ssim_w_clean_landmarks``), its complement - the clean
+  image synthesised with the adversarial landmarks (``ssim_w_clean_pixels``) - and the ideal-alignment
   model (``ssim_alignment``). A face whose adversarial DeepFake cannot be made scores
   :data:`lbcore.apps.synthesis.WORST_SSIM`, with the reason in ``per_face``.
 
@@ -586,7 +587,7 @@ def fast_ssim_w(clean: np.ndarray, adv: np.ndarray, lm_clean: np.ndarray, lm_adv
 
 
 SSIM_W_KEYS = ("ssim_w", "ssim_w_clean_landmarks", "ssim_identity", "ssim_alignment", "alignment_shift_iod",
-               "ssim_w_masked_image")
+               "ssim_w_masked_image", "ssim_w_clean_pixels")
 
 
 def _versions(pm: Any) -> dict[str, Any]:
@@ -631,6 +632,7 @@ METRIC_DOCS: dict[str, str] = {
     "ssim_w_masked_image": "SSIM_W as the paper measures it (whole-image mask-SSIM of the face box), literal, for comparison",
     "swap_failures": "faces whose adversarial DeepFake could not be made (degenerate alignment, fake outside the frame): scored 0 in ssim_w",
     "ssim_w_clean_landmarks": "control: SSIM_W with the adversarial image synthesised using the clean landmarks (what the perturbed pixels alone do)",
+    "ssim_w_clean_pixels": "control: SSIM_W with the clean image synthesised using the adversarial landmarks (what the broken landmarks alone do, no perturbed pixel; the complement of ssim_w_clean_landmarks)",
     "ssim_identity": "control: identity round trip (align, no autoencoder, warp back) of the clean image with clean landmarks vs of the adversarial image with its landmarks",
     "ssim_alignment": "control: ideal model - the adversarial image cropped with the clean alignment but warped back with the adversarial landmarks (what broken alignment alone does)",
     "alignment_shift_iod": "mean shift of the alignment template points between clean and adversarial landmarks, over the inter-ocular distance",
@@ -845,7 +847,7 @@ class _Evaluation(BatchedFaces):
             "extractors": self.specs, "reference": self.reference_spec, "ground_truth": self.o.ground_truth,
             "eps": self.o.eps, "steps": self.o.steps, "seed": self.o.seed,
             "degradations": list(self.o.degradations), "synth": self.synth_info, "data": self.data_hash(),
-            "amp": self.performance.amp, "ssim": "face-crop-256/aligned-model-size",
+            "amp": self.performance.amp, "ssim": "face-crop-256/aligned-model-size/clean-pixels",
         }
 
     def degradations_for(self, unit: Unit) -> list[str]:
@@ -951,7 +953,10 @@ class _Evaluation(BatchedFaces):
         row["per_face"] = {"face": order, "nme": cell.get("nme", []), "ssim_i": img["ssim_i"],
                            "ssim_i_masked_image": img["ssim_i_masked_image"], "ssim_w": cell.get("ssim_w", []),
                            "ssim_w_masked_image": cell.get("ssim_w_masked_image", []),
-                           "alignment_shift_iod": cell.get("alignment_shift_iod", []), "failure": failures}
+                           "alignment_shift_iod": cell.get("alignment_shift_iod", []),
+                           "ssim_w_clean_landmarks": cell.get("ssim_w_clean_landmarks", []),
+                           "ssim_alignment": cell.get("ssim_alignment", []),
+                           "ssim_w_clean_pixels": cell.get("ssim_w_clean_pixels", []), "failure": failures}
         return row
 
 

@@ -183,12 +183,15 @@ def render_markdown(results: dict[str, Any], figures: Sequence[str] = (), figure
     lines += _table(["Degradation", "Attacks", *ext], rows)
     lines += ["## SSIM_W controls (white-box, no degradation)", "",
               "Identity round trip: align, no autoencoder, warp back (clean vs adversarial); "
-              "adv + clean landmarks: the adversarial image synthesised with the clean landmarks; "
-              "ideal alignment: the damage broken alignment alone does.", ""]
+              "adv + clean landmarks: the adversarial image synthesised with the clean landmarks (pixels only); "
+              "clean + adv landmarks: the clean image synthesised with the adversarial landmarks (landmarks "
+              "only); ideal alignment: the damage broken alignment alone does.", ""]
     rows = [[_attack(a), *[" / ".join(_fmt(idx.value(k, t, a, t)) for k in
-                                      ("ssim_w", "ssim_identity", "ssim_w_clean_landmarks", "ssim_alignment"))
+                                      ("ssim_w", "ssim_identity", "ssim_w_clean_landmarks", "ssim_w_clean_pixels",
+                                       "ssim_alignment"))
                            for t in ext]] for a in attacks]
-    lines += _table(["Attacks", *[f"{t}: SSIM_W / identity / adv+clean lm / ideal alignment" for t in ext]], rows)
+    lines += _table(["Attacks", *[f"{t}: SSIM_W / identity / adv+clean lm / clean+adv lm / ideal alignment"
+                                  for t in ext]], rows)
     lines += ["## The paper's whole-image mask-SSIM, for comparison (white-box, no degradation)", "",
               "SSIM_I / SSIM_W as the paper computes them (face-box mask, whole-image SSIM); not the headline "
               "(see above). Faces whose adversarial DeepFake could not be made are counted in the last figure.", ""]

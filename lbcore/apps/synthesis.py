@@ -782,6 +782,10 @@ class SynthesisSSIM:
         alignment_shift_iod: the same divided by the clean inter-ocular (outer corner) distance.
         ssim_w_masked_image: SSIM_W as the paper measures it (whole-image mask-SSIM of the face
             box), computed literally, for comparison.
+        ssim_w_clean_pixels: control (3), the complement of (2): the original image synthesised
+            with the adversarial landmarks - the part of the damage that comes from the broken
+            landmarks alone, with no perturbed pixel in it (:data:`WORST_SSIM` when the swap
+            cannot be made).
         failure: why the adversarial DeepFake could not be made (:func:`swap_problem`), or
             ``None``; when set, ``ssim_w``, ``ssim_identity`` and ``ssim_alignment`` are
             :data:`WORST_SSIM`.
@@ -798,6 +802,7 @@ class SynthesisSSIM:
     alignment_shift: float
     alignment_shift_iod: float
     ssim_w_masked_image: float = float("nan")
+    ssim_w_clean_pixels: float = float("nan")
     failure: str | None = None
     variant: str = "aligned"
     images: dict[str, np.ndarray] = attrs.field(factory=dict, eq=False, repr=False)
@@ -846,7 +851,8 @@ def ssim_w(
     nan = float("nan")
     problem = swap_problem(lm_c, orig.shape, size, pad)
     if problem is not None:
-        return SynthesisSSIM(nan, nan, nan, nan, nan, nan, nan, f"clean landmarks: {problem}", variant)
+        return SynthesisSSIM(nan, nan, nan, nan, nan, nan, nan, failure=f"clean landmarks: {problem}",
+                             variant=variant)
     fake_clean, mask_clean = swapper.synthesize(orig, lm_c, identity, colour)
     fake_adv_cl, mask_adv_cl = swapper.synthesize(adv, lm_c, identity, colour)
     # the model-free controls at twice the image's resolution: they show geometry, not the
@@ -874,15 +880,18 @@ def ssim_w(
         # untouched image's. The paper's figure compares the clean fake with the adversarial
         # image as it is (what the literal metric would see).
         return SynthesisSSIM(WORST_SSIM, clean_landmarks, WORST_SSIM, WORST_SSIM, nan, nan,
-                             region_ssim(fake_clean, adv, box_arr, "masked-image"), problem, variant, images)
+                             region_ssim(fake_clean, adv, box_arr, "masked-image"), ssim_w_clean_pixels=WORST_SSIM,
+                             failure=problem, variant=variant, images=images)
     fake_adv, mask_adv = swapper.synthesize(adv, lm_a, identity, colour)
+    fake_clean_adv_lm, mask_clean_adv_lm = swapper.synthesize(orig, lm_a, identity, colour)
     ident_adv, mask_ident_adv = swapper.round_trip(adv, lm_a, size=native)
     align_adv, mask_align = swapper.round_trip(adv, lm_a, source_landmarks=lm_c, size=native)
     tmpl = template_points(size, pad)[list(ALIGN_POINTS)]
     shift = np.linalg.norm(
         _apply(alignment_matrix(lm_c, size, pad), tmpl) - _apply(alignment_matrix(lm_a, size, pad), tmpl), axis=1
     ).mean()
-    images.update({"fake_adv": fake_adv, "identity_adv": ident_adv, "alignment_adv": align_adv})
+    images.update({"fake_adv": fake_adv, "identity_adv": ident_adv, "alignment_adv": align_adv,
+                   "fake_clean_adv_landmarks": fake_clean_adv_lm})
     return SynthesisSSIM(
         ssim_w=score(fake_clean, fake_adv, (mask_clean, mask_adv)),
         ssim_w_clean_landmarks=clean_landmarks,
@@ -891,6 +900,7 @@ def ssim_w(
         alignment_shift=float(shift),
         alignment_shift_iod=float(shift / iod) if iod > 0 else nan,
         ssim_w_masked_image=region_ssim(fake_clean, fake_adv, box_arr, "masked-image"),
+        ssim_w_clean_pixels=score(fake_clean, fake_clean_adv_lm, (mask_clean, mask_clean_adv_lm)),
         failure=None,
         variant=variant,
         images=images,
