@@ -33,6 +33,8 @@ VARIANTS: dict[str, tuple[str, object]] = {
     "robust": ("lb", True),
     "eot75": ("lb", "diffjpeg:quality=75"),
     "luma3-eot75": ("lb:luma_weight=3", "diffjpeg:quality=75"),
+    "steps60": ("lb:steps=60", False),
+    "loss": ("lb:balance=loss", False),
 }
 
 
