@@ -79,8 +79,8 @@ class AttackConfig:
             budget fades from full to zero.
         texture: 0..1, how much the per-pixel budget follows the clean image's local contrast
             (1: near zero on flat skin and background, full on texture and edges).
-        luma_weight: scale of the luma part (channel mean) of the change; below 1 moves the
-            change into colour.
+        luma_weight: scale of the luma part (channel mean) of each step's change; below 1 moves
+            the change into colour, above 1 into brightness.
         mask_margin: with ``mask="face"``, how far the ellipse reaches beyond the face box
             (fraction of the box's half-sides).
     """

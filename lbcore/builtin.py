@@ -42,11 +42,15 @@ def mifgsm(alpha: float = 1.0, decay: float = 0.5) -> Any:
     return MomentumIterativeFGSM(alpha=alpha, decay=decay)
 
 
-def mifgsm_l2(alpha: float = 1.0, decay: float = 0.5) -> Any:
-    """MI-FGSM momentum, step proportional to it (RMS alpha): for SSIM/PSNR budgets."""
+def mifgsm_l2(alpha: float = 1.0, decay: float = 0.5, gamma: float = 1.0) -> Any:
+    """MI-FGSM momentum, step proportional to it (RMS alpha * gamma^t): for SSIM/PSNR budgets."""
     from lbcore.optimizers import MomentumL2
 
-    return MomentumL2(alpha=alpha, decay=decay)
+    if not 0 < gamma <= 1:
+        from lbcore.errors import SpecError
+
+        raise SpecError(f"mifgsm-l2 gamma={gamma} must be in (0, 1]")
+    return MomentumL2(alpha=alpha, decay=decay, gamma=gamma)
 
 
 def haar(min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5,

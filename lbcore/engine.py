@@ -441,7 +441,8 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 cand = x_adv + weight * (cand - x_adv)
             cand = cand.clamp(0, 255)
             if config.luma_weight != 1.0:
-                cand = (x + perceptual.weight_luma(cand - x, config.luma_weight)).clamp(0, 255)
+                # the step's luma part (not the whole change's, which would compound every step)
+                cand = (x_adv + perceptual.weight_luma(cand - x_adv, config.luma_weight)).clamp(0, 255)
             if config.projection == "stop":
                 over = ((cand - x).abs() > bound + 1e-4).flatten(1).any(1)
                 active = active & ~over

@@ -66,14 +66,19 @@ class MomentumL2(UpdateRule):
     """MI-FGSM's momentum with a step proportional to it instead of its sign: ``m = decay * m +
     g / ||g||_1``, ``x - alpha * m / rms(m)`` (per image; the step's root mean square is
     ``alpha``). Under a similarity (SSIM / PSNR) budget the change then goes to the pixels the
-    loss is most sensitive to, where the sign spreads it evenly over every pixel."""
+    loss is most sensitive to, where the sign spreads it evenly over every pixel.
 
-    def __init__(self, alpha: float = 1.0, decay: float = 0.5) -> None:
+    ``gamma`` < 1 shrinks the step geometrically (``alpha * gamma^t`` at step ``t``): once the
+    budget holds the change at its floor, large steps only swing around the best point there;
+    smaller ones settle on it."""
+
+    def __init__(self, alpha: float = 1.0, decay: float = 0.5, gamma: float = 1.0) -> None:
         self.alpha = alpha
         self.decay = decay
+        self.gamma = gamma
 
     def init_state(self, x: torch.Tensor) -> dict[str, Any]:
-        return {"momentum": torch.zeros_like(x)}
+        return {"momentum": torch.zeros_like(x), "t": 0}
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], eps: float) -> torch.Tensor:
         shape = (-1, *([1] * (grad.dim() - 1)))
@@ -82,4 +87,6 @@ class MomentumL2(UpdateRule):
         state["momentum"] = m
         nz = (m != 0).flatten(1).sum(1).clamp_min(1).view(shape)
         rms = (m.pow(2).flatten(1).sum(1).view(shape) / nz).sqrt().clamp_min(1e-30)
-        return x - self.alpha * m / rms
+        t = int(state.get("t", 0))
+        state["t"] = t + 1
+        return x - self.alpha * self.gamma**t * m / rms
