@@ -92,6 +92,7 @@ def main() -> None:
             report = protect([src], work / f"out-{overlap}-{k}", extractors=(args.extractor,), boxes=(box,),
                              check_compression=False, device=args.device, batch_size=args.batch_size, steps=args.steps,
                              codec=args.codec, amp=args.amp, compile=args.compile, overlap=overlap, key_interval=k,
+                             strength=args.strength,
                              propagated_steps=args.propagated_steps, stop_nme=args.stop_nme,
                              stop_margin=args.stop_margin)
             secs = time.perf_counter() - t0
@@ -191,7 +192,7 @@ def _c2(path: str, fps: Any, limit: int | None) -> Iterator[np.ndarray]:
         if buf:
             yield np.stack(buf)
 
-    for chunk in stream_roundtrip(chunks(), codec_chain("c2", fps=float(fps)), fps):
+    for chunk in stream_roundtrip(chunks(), codec_chain("c2"), fps):
         yield from chunk
 
 

@@ -87,7 +87,7 @@ class ProtectOptions:
     detect_every: int = 1
     format: str = "auto"
     quality: int | None = None
-    key_interval: int = 8
+    key_interval: int = 1  # (`lb protect` passes its own default; 1 keeps the per-frame path for the API)
     propagated_steps: int = 4
     stop_nme: float = 0.1
     stop_margin: float = 1.5
