@@ -83,6 +83,13 @@ class AttackConfig:
             the change into colour, above 1 into brightness.
         mask_margin: with ``mask="face"``, how far the ellipse reaches beyond the face box
             (fraction of the box's half-sides).
+        stop_nme: per-face early stop - a face stops (its perturbation frozen, no more
+            backward passes; once every face of the batch is done the loop ends) as soon as every
+            attacked extractor's NME between its landmarks on the current image and on the clean
+            one exceeds ``stop_nme * stop_margin``; checked on the forward outputs each step
+            computes anyway. 0 (default) is off.
+        stop_margin: factor (>= 1) on ``stop_nme`` (a face stops only clearly past the threshold).
+        stop_every: check the stop rule every this many steps (1: every step).
     """
 
     loss: str = "heatmap-cosine"
@@ -110,6 +117,9 @@ class AttackConfig:
     texture: float = 0.0
     luma_weight: float = 1.0
     mask_margin: float = 0.3
+    stop_nme: float = 0.0
+    stop_margin: float = 1.0
+    stop_every: int = 1
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -130,6 +140,12 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting ssim_min={cfg.ssim_min} must be at most 1 (SSIM of identical images)")
     if cfg.texture > 1:
         raise SpecError(f"attack setting texture={cfg.texture} must be in 0..1")
+    if not isinstance(cfg.stop_nme, int | float) or not math.isfinite(float(cfg.stop_nme)) or cfg.stop_nme < 0:
+        raise SpecError(f"attack setting stop_nme={cfg.stop_nme!r} must be a finite number >= 0 (0: off)")
+    if not isinstance(cfg.stop_margin, int | float) or not 1 <= float(cfg.stop_margin) <= 100:
+        raise SpecError(f"attack setting stop_margin={cfg.stop_margin!r} must be in 1..100")
+    if not isinstance(cfg.stop_every, int) or cfg.stop_every < 1:
+        raise SpecError(f"attack setting stop_every={cfg.stop_every!r} must be an integer >= 1")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

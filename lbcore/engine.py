@@ -156,6 +156,10 @@ class AttackResult:
     linf: torch.Tensor
     steps_taken: torch.Tensor
     _history: Any = attrs.field(factory=list, alias="loss_history")
+    passes: Any = None
+    """Per face ``(F,)`` (CPU, int64): extractor passes spent on it, summed over the attacked
+    extractors - each forward (with its backward unless the stop rule ended the face there) of
+    the face through one extractor during the iterations (the clean forward not counted)."""
 
     @property
     def final_loss(self) -> torch.Tensor:
@@ -341,45 +345,74 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
              n_img: int, perf: Performance) -> AttackResult:
     """The iterations of :func:`attack` (after the clean pass)."""
     mix = float(config.feature_mix)
+    # per-face early stop (config.stop_nme > 0): `view` holds the faces still attacked and their
+    # clean values; it is the whole batch (exactly today's computation) while the rule is off
+    stopper = _Stopper(exts, clean, scale, clean_feat, faces, config, dev) if float(config.stop_nme) > 0 else None
+    view: dict[str, Any] = {"clean": clean, "scale": scale, "feat": clean_feat, "faces": faces}
+    passes = torch.zeros(len(faces), dtype=torch.long)
+    outs: list[Any] = []
 
     def member_losses(inp: torch.Tensor, fcs: Faces) -> list[torch.Tensor]:
         out = []
-        for i, (c, e) in enumerate(zip(clean, exts, strict=True)):
-            loss = loss_fn(c, run(e, inp, fcs))
-            if feats is not None and i in clean_feat and isinstance(feats.value.get(i), torch.Tensor):
-                cos = F.cosine_similarity(feats.value[i].float().flatten(1), clean_feat[i], dim=1, eps=1e-12)
-                loss = (1 - mix) * loss + mix * scale[i] * cos
+        outs.clear()
+        for i, (c, e) in enumerate(zip(view["clean"], exts, strict=True)):
+            o = run(e, inp, fcs)
+            if stopper is not None:
+                outs.append(o)
+            loss = loss_fn(c, o)
+            if feats is not None and i in view["feat"] and isinstance(feats.value.get(i), torch.Tensor):
+                cos = F.cosine_similarity(feats.value[i].float().flatten(1), view["feat"][i], dim=1, eps=1e-12)
+                loss = (1 - mix) * loss + mix * view["scale"][i] * cos
             if config.balance == "loss":
-                loss = loss / scale[i]
+                loss = loss / view["scale"][i]
             out.append(loss)
         return out
 
-    def gradient(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient of the (EOT-averaged, diversified, balanced) loss at ``point``, and the loss."""
+    def gradient(point: torch.Tensor, check: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the (EOT-averaged, diversified, balanced) loss at ``point``, and the loss.
+
+        ``check``: apply the stop rule to the first sample's forward outputs; faces it ends get
+        no backward (and no share of the gradient) from then on."""
         grad: torch.Tensor | None = None
         total = torch.zeros(n_img, device=dev)
-        for _ in range(max(1, config.eot_samples if eot else 1)):
+        faces_now: Faces = view["faces"]
+        keep: torch.Tensor | None = None
+        for k in range(max(1, config.eot_samples if eot else 1)):
             xi = point.detach().requires_grad_(True)
-            inp, fcs = xi, faces
+            inp, fcs = xi, faces_now
             for d in eot:
                 inp = d(inp)
+            diversified = False
             if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
                 inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
+                diversified = True
             losses = member_losses(inp, fcs)
+            stopper_passes(len(exts))
             per_face = sum(losses)
             assert isinstance(per_face, torch.Tensor)
-            if config.balance == "grad" and len(losses) > 1:
+            if stopper is not None and check and k == 0 and not diversified:
+                keep = ~stopper.check(outs)
+            if keep is not None and not bool(keep.any()):
+                g = torch.zeros_like(xi)  # every face ended here: no backward at all
+            elif config.balance == "grad" and len(losses) > 1:
                 g = torch.zeros_like(xi)
                 for j, loss in enumerate(losses):
-                    (gj,) = torch.autograd.grad(loss.sum(), xi, retain_graph=j < len(losses) - 1)
+                    part = loss if keep is None else loss[keep]
+                    (gj,) = torch.autograd.grad(part.sum(), xi, retain_graph=j < len(losses) - 1)
                     size = gj.abs().flatten(1).mean(1).clamp_min(1e-30).view(-1, 1, 1, 1)
                     g = g + gj / size
             else:
-                (g,) = torch.autograd.grad(per_face.sum(), xi)
+                (g,) = torch.autograd.grad((per_face if keep is None else per_face[keep]).sum(), xi)
             grad = g if grad is None else grad + g
-            total += _per_image(per_face.detach(), faces.image_index, n_img)
+            total += _per_image(per_face.detach(), faces_now.image_index, n_img)
         assert grad is not None
         return grad, total
+
+    def stopper_passes(n: int) -> None:
+        if stopper is None:
+            passes.add_(n)
+        else:
+            passes.index_add_(0, stopper.index_cpu, torch.full((len(stopper.index_cpu),), n, dtype=torch.long))
 
     eps = float(config.eps)
     # perceptual budgets (lbcore.perceptual): a per-pixel L-inf bound (soft face mask, texture
@@ -409,13 +442,20 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     # Pixels no extractor ever sees (outside every face crop) get no gradient; they are put
     # back to their clean values at the end, so a random start changes nothing outside faces.
     touched = torch.zeros_like(x, dtype=torch.bool)
+    if stopper is not None and init is not None:
+        # a face the stop rule ends before its first backward keeps the start it was given
+        touched |= (x_adv != x) if weight is None else (x_adv != x) & (weight > 0)
     variance = torch.zeros_like(x) if config.vt_samples > 0 else None
 
     for t in range(steps):
         # (only the stop rule ends images early; reading `active` would stall a GPU every step)
         if config.projection == "stop" and not bool(active.any()):
             break
-        raw, total = gradient(x_adv)
+        if stopper is not None and not bool(active.any()):
+            break  # every face past the stop threshold
+        raw, total = gradient(x_adv, check=stopper is not None and t % int(config.stop_every) == 0)
+        if stopper is not None:
+            active, partial = stopper.narrow(view, active, n_img)
         history.append(total)
         touched |= raw != 0
         grad = raw
@@ -450,6 +490,9 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 cand = torch.min(torch.max(cand, lo), hi)
             cand = guard.project(cand)
             mask = active.view(-1, 1, 1, 1)
+            if stopper is not None:
+                # an image with ended and running faces changes only where the running ones' gradient reaches
+                mask = mask & (~partial.view(-1, 1, 1, 1) | (raw != 0))
             x_adv = torch.where(mask, cand, x_adv)
             steps_taken += active.long()
 
@@ -472,7 +515,68 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
 
     assert isinstance(clean_loss, torch.Tensor)
     hist = torch.stack(history) if history else torch.zeros(0, n_img)
-    return AttackResult(x_adv, clean_loss, final, linf, steps_taken, hist)
+    return AttackResult(x_adv, clean_loss, final, linf, steps_taken, hist, passes=passes)
+
+
+def _subset_output(out: Any, idx: torch.Tensor, n: int) -> Any:
+    """An extractor output restricted to faces ``idx`` (tensors whose first axis is the ``n`` faces)."""
+    def pick(v: Any) -> Any:
+        return v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
+    return attrs.evolve(out, heatmaps=pick(out.heatmaps), landmarks=pick(out.landmarks),
+                        hm_to_image=pick(out.hm_to_image), extra={k: pick(v) for k, v in out.extra.items()})
+
+
+class _Stopper:
+    """The per-face stop rule (``AttackConfig.stop_nme``): which faces are still attacked.
+
+    A face ends once every attacked extractor's NME between its landmarks (decoded from the
+    step's forward output) and its clean landmarks exceeds ``stop_nme * stop_margin``.
+    """
+
+    def __init__(self, exts: list[Extractor], clean: list[Any], scale: list[torch.Tensor],
+                 feat: dict[int, torch.Tensor], faces: Faces, config: AttackConfig, dev: torch.device) -> None:
+        self.exts, self.clean, self.scale, self.feat, self.faces = exts, clean, scale, feat, faces
+        self.limit = float(config.stop_nme) * float(config.stop_margin)
+        self.n = len(faces)
+        with torch.no_grad():
+            self.clean_lm = [e.decode(c).detach().float() for e, c in zip(exts, clean, strict=True)]
+        self.done = torch.zeros(self.n, dtype=torch.bool, device=dev)
+        self.index = torch.arange(self.n, device=dev)  # faces still attacked
+        self.index_cpu = self.index.cpu()
+        self.ended: torch.Tensor | None = None  # (over `index`) faces the last check ended
+
+    def check(self, outs: list[Any]) -> torch.Tensor:
+        """Faces (of the current ``index``) that every extractor now sees past the limit."""
+        ended = torch.ones(len(self.index), dtype=torch.bool, device=self.done.device)
+        with torch.no_grad():
+            for e, o, ref in zip(self.exts, outs, self.clean_lm, strict=True):
+                lm = e.decode(o).detach().float()
+                g = ref[self.index]
+                a, b = e.scheme.eye_corners
+                norm = (g[:, a] - g[:, b]).norm(dim=-1).clamp_min(1e-6)
+                nme = (lm - g).norm(dim=-1).mean(-1) / norm
+                ended &= nme > self.limit
+        self.ended = ended
+        return ended
+
+    def narrow(self, view: dict[str, Any], active: torch.Tensor, n_img: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """After a check: drop the ended faces from ``view``; return the images still attacked
+        and those with both ended and running faces."""
+        if self.ended is not None and bool(self.ended.any()):
+            self.done[self.index[self.ended]] = True
+            self.index = torch.nonzero(~self.done).flatten()
+            self.index_cpu = self.index.cpu()
+            idx = self.index
+            view["clean"] = [_subset_output(c, idx, self.n) for c in self.clean]
+            view["scale"] = [s[idx] for s in self.scale]
+            view["feat"] = {i: f[idx] for i, f in self.feat.items()}
+            view["faces"] = Faces(self.faces.boxes[idx], self.faces.image_index[idx])
+        self.ended = None
+        running = torch.zeros(n_img, dtype=torch.bool, device=self.done.device)
+        running[self.faces.image_index[~self.done]] = True
+        finished = torch.zeros(n_img, dtype=torch.bool, device=self.done.device)
+        finished[self.faces.image_index[self.done]] = True
+        return active & running, running & finished
 
 
 def budget_ok(clean: torch.Tensor, adv: torch.Tensor, eps: float) -> bool:

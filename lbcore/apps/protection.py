@@ -87,11 +87,17 @@ class ProtectOptions:
     detect_every: int = 1
     format: str = "auto"
     quality: int | None = None
+    key_interval: int = 1  # (`lb protect` passes its own default; 1 keeps the per-frame path for the API)
+    propagated_steps: int = 4
+    stop_nme: float = 0.1
+    stop_margin: float = 1.5
+    cut_error: float = 15.0
 
     def settings(self) -> dict[str, Any]:
         """What shapes an output (for resume): not the report-only options."""
         keep = ("extractors", "attack", "strength", "eps", "steps", "robust", "detector", "boxes",
-                "min_face", "codec", "crf", "seed", "amp", "detect_every", "start", "duration", "format", "quality")
+                "min_face", "codec", "crf", "seed", "amp", "detect_every", "start", "duration", "format", "quality",
+                "key_interval", "propagated_steps", "stop_nme", "stop_margin", "cut_error")
         d = attrs.asdict(self)
         return {k: d[k] for k in keep}
 
@@ -128,6 +134,22 @@ def check_output_options(options: ProtectOptions) -> None:
         raise SpecError(f"unknown output format {options.format!r} (valid: {', '.join(FORMATS)})")
     if options.quality is not None and not 1 <= int(options.quality) <= 100:
         raise SpecError(f"--quality {options.quality} must be in 1..100")
+
+
+def check_video_options(options: ProtectOptions) -> None:
+    """One-line :class:`SpecError` for video key-frame options out of their ranges."""
+    import math
+
+    if not 1 <= int(options.key_interval) <= 1000:
+        raise SpecError(f"--key-interval {options.key_interval} must be in 1..1000 (1: every frame gets the full attack)")
+    if not 0 <= int(options.propagated_steps) <= 1000:
+        raise SpecError(f"--propagated-steps {options.propagated_steps} must be in 0..1000")
+    if not math.isfinite(float(options.stop_nme)) or not 0 <= float(options.stop_nme) <= 10:
+        raise SpecError(f"--stop-nme {options.stop_nme} must be in 0..10 (0: off)")
+    if not math.isfinite(float(options.stop_margin)) or not 1 <= float(options.stop_margin) <= 100:
+        raise SpecError(f"--stop-margin {options.stop_margin} must be in 1..100")
+    if not math.isfinite(float(options.cut_error)) or not 0 < float(options.cut_error) <= 255:
+        raise SpecError(f"--cut-error {options.cut_error} must be in (0, 255] (grey levels)")
 
 
 def output_format(options: ProtectOptions, input_format: str) -> str:
@@ -325,6 +347,8 @@ class _Run:
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()
         check_output_options(options)
+        check_video_options(options)
+        self.passes_spent = 0  # extractor passes (forward+backward per face and extractor) of every attack
         self.config = preset(options.attack, **strength_settings(options), seed=options.seed,
                              eot=ROBUST_EOT if options.robust else None)
         self.detector = None if options.boxes else self.pm.build("detectors", options.detector)
@@ -453,8 +477,44 @@ class _Run:
         """Protected images left on the attack's device (video: the next warm start is made there)."""
         from lbcore.engine import attack
 
-        return attack(x, faces, list(self.attacked.values()), config or self.config, device=self.device,
-                      plugin_manager=self.pm, init=init, performance=self.performance).adversarial
+        res = attack(x, faces, list(self.attacked.values()), config or self.config, device=self.device,
+                     plugin_manager=self.pm, init=init, performance=self.performance)
+        if res.passes is not None:
+            self.passes_spent += int(res.passes.sum())
+        return res.adversarial
+
+    def attack_planned(self, x: Any, boxes: list[list[list[float]]], plans: list[Any], deltas: dict[int, Any]) -> Any:
+        """Video key frames (``--key-interval`` > 1): key frames get the full attack, propagated
+        frames start from their key frame's perturbation warped along the flow and run at most
+        ``--propagated-steps`` steps with the stop rule. ``deltas``: the key frames'
+        perturbations (frame number -> ``(3, H, W)`` on the device); the latest key is kept."""
+        import attrs as _attrs
+
+        from lbcore.apps.propagation import warp
+        from lbcore.types import Faces
+
+        torch = self.torch
+        prop_config = _attrs.evolve(self.config, steps=min(int(self.o.propagated_steps), int(self.config.steps)),
+                                    stop_nme=float(self.o.stop_nme), stop_margin=float(self.o.stop_margin))
+        adv = x.clone()
+        for kind, config in (("key", self.config), ("propagated", prop_config)):
+            group = [j for j, p in enumerate(plans) if p.kind == kind]
+            if not group:
+                continue
+            init = x[group].clone()
+            inherit = [n for n, j in enumerate(group) if plans[j].ref in deltas and plans[j].flow is not None]
+            if inherit:
+                ref = torch.stack([deltas[plans[group[n]].ref] for n in inherit])
+                flow = torch.from_numpy(np.stack([plans[group[n]].flow for n in inherit]))
+                init[inherit] = init[inherit] + warp(ref, flow)
+            adv[group] = self.attack_on_device(x[group], Faces.from_lists([boxes[j] for j in group]), init=init,
+                                               config=config)
+            if kind == "key":
+                for j in group:
+                    deltas[plans[j].index] = (adv[j] - x[j]).detach()
+        for old in sorted(deltas)[:-1]:  # only the latest key frame can be referenced from now on
+            del deltas[old]
+        return adv
 
     def encode_within_budget(self, loaded: Any, x: Any, adv: Any, faces: Any,
                              plan: dict[str, Any]) -> tuple[np.ndarray, bytes]:
@@ -649,7 +709,7 @@ class _Run:
 
         from lbcore.apps.pipeline import BackgroundWriter, prefetch, stage_frames
 
-        def batches() -> Iterator[tuple[list[Any], Any, list[Any]]]:
+        def batches() -> Iterator[tuple[list[Any], Any, list[Any], list[Any] | None]]:
             # background thread: decode, detect faces, stage the frames on the device
             chunk: list[tuple[np.ndarray, Any]] = []
             frames = iter_video_frames_timed(entry.path, **kwargs, **_span_kwargs(span))
@@ -664,10 +724,22 @@ class _Run:
             finally:
                 getattr(frames, "close", lambda: None)()  # the video file, now, even when stopped early
 
-        def prepare(chunk: list[tuple[np.ndarray, Any]]) -> tuple[list[Any], Any, list[Any]]:
+        def prepare(chunk: list[tuple[np.ndarray, Any]]) -> tuple[list[Any], Any, list[Any], list[Any] | None]:
             per_frame, last_boxes[0] = self.find_faces_in_frames([f for f, _ in chunk], done_frames[0], last_boxes[0])
+            plans = None
+            if planner is not None:  # key frames and flows (--key-interval > 1), here in the background thread
+                plans = [planner.plan(done_frames[0] + j, f, keep)
+                         for j, ((f, _), (keep, _)) in enumerate(zip(chunk, per_frame, strict=True))]
             done_frames[0] += len(chunk)
-            return [t for _, t in chunk], stage_frames([f for f, _ in chunk], self.device), per_frame
+            return [t for _, t in chunk], stage_frames([f for f, _ in chunk], self.device), per_frame, plans
+
+        planner = None
+        if self.o.key_interval > 1:
+            from lbcore.apps.propagation import KeyFramePlanner
+
+            planner = KeyFramePlanner(self.o.key_interval, cut_error=self.o.cut_error)
+        deltas: dict[int, Any] = {}
+        passes_before, n_keys = self.passes_spent, 0
 
         # (the background thread's running state: frame number, the last frame's face boxes)
         done_frames = [0 if span is None else span[0]]
@@ -703,7 +775,7 @@ class _Run:
             # overlap=False: the same steps one after another (to measure what overlapping wins)
             with BackgroundWriter(encode, threaded=self.o.overlap) as encoder:
                 try:
-                    for times, staged, per_frame in (prefetch(batches()) if self.o.overlap else batches()):
+                    for times, staged, per_frame, plans in (prefetch(batches()) if self.o.overlap else batches()):
                         # frames, perturbation and warm start stay on the attack's device; only the
                         # protected uint8 frames come back (and float copies for measured batches)
                         x = staged.device
@@ -714,9 +786,13 @@ class _Run:
                         if any(boxes):
                             faces = Faces.from_lists(boxes)
                             init = None
-                            if prev_delta is not None and prev_delta.shape == x.shape[1:]:
-                                init = x + prev_delta  # warm start from the previous frame's perturbation
-                            adv = self.attack_on_device(x, faces, init=init)
+                            if plans is not None:
+                                adv = self.attack_planned(x, boxes, plans, deltas)
+                                n_keys += sum(p.kind == "key" for p in plans)
+                            else:
+                                if prev_delta is not None and prev_delta.shape == x.shape[1:]:
+                                    init = x + prev_delta  # warm start from the previous frame's perturbation
+                                adv = self.attack_on_device(x, faces, init=init)
                             flat = [b for bs in boxes for b in bs]
                             n_faces += len(flat)
                             # measure a subsample: the first batch with faces, then every report_every-th
@@ -755,6 +831,9 @@ class _Run:
         if part and info.has_audio:
             audio = "not copied (a part of the video was protected)"
         self.video_record(record, stats, n_frames, n_faces, n_small, info.fps, audio)
+        spent = self.passes_spent - passes_before
+        record.update(extractor_passes=spent, passes_per_face=round(spent / n_faces, 2) if n_faces else None,
+                      key_interval=self.o.key_interval, key_frames=n_keys if planner is not None else None)
         if raw is not None:
             raw.update(frames=n_frames, faces_protected=n_faces, skipped_small_faces=n_small, stats=stats)
         if not segment:

@@ -124,6 +124,19 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Videos: run the face detector on every N-th frame and interpolate the boxes in between "
                    "(the detector can cost more than the attack on large frames).")
 @click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
+@click.option("--key-interval", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Videos: the full attack on every N-th frame (and at scene cuts and new faces); the frames "
+                   "between start from its perturbation warped along the optical flow (1: every frame, the old path).")
+@click.option("--propagated-steps", type=click.IntRange(0, 1000), default=4, show_default=True,
+              help="Videos: most attack steps of a frame between key frames.")
+@click.option("--stop-nme", type=click.FloatRange(0, 10), default=0.1, show_default=True,
+              help="Videos: a face between key frames stops once every attacked extractor's NME exceeds "
+                   "this times --stop-margin (0: off).")
+@click.option("--stop-margin", type=click.FloatRange(1, 100), default=1.5, show_default=True,
+              help="Videos: factor on --stop-nme.")
+@click.option("--cut-error", type=click.FloatRange(0, 255, min_open=True), default=15.0, show_default=True,
+              help="Videos: mean grey-level error of the flow-warped key frame above which a frame is a scene cut "
+                   "(a new key frame, nothing inherited).")
 @click.option("--require-broken", is_flag=True,
               help="Exit with status 4 when any measured face stays below --threshold for an attacked "
                    "extractor (the files are still written).")
@@ -137,7 +150,9 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
                 codec: str, crf: int, batch_size: int, preview: bool, force: bool, seed: int,
                 max_pixels: int | None, max_frames: int | None, no_compression_check: bool, amp: str,
                 compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool,
-                require_broken: bool = False, start: float = 0.0, duration: float | None = None) -> None:
+                require_broken: bool = False, start: float = 0.0, duration: float | None = None,
+                key_interval: int = 8, propagated_steps: int = 4, stop_nme: float = 0.1, stop_margin: float = 1.5,
+                cut_error: float = 15.0) -> None:
     """Protect every face in INPUTS (images, folders, videos) against DeepFake face-swapping.
 
     Adds a perturbation that breaks facial landmark extraction (Landmark Breaker, WIFS 2020),
@@ -164,6 +179,8 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         crf=crf, force=force, preview=preview, batch_size=batch_size, seed=seed,
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
         amp=amp, compile=compile_, detect_every=detect_every, start=start, duration=duration,
+        key_interval=key_interval, propagated_steps=propagated_steps, stop_nme=stop_nme, stop_margin=stop_margin,
+        cut_error=cut_error,
     )
     log = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     # bars only for a person watching a terminal; logs and pipes get plain lines

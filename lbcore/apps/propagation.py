@@ -1,0 +1,185 @@
+"""Video key frames: the full attack on key frames, the frames between them start from the
+key frame's perturbation warped along dense optical flow (OpenCV's DIS) and run a few steps.
+
+:class:`KeyFramePlanner` decides, frame by frame and holding only the last key frame (a small
+grey copy and its face boxes), which frames are key frames: every ``interval``-th frame, the
+first frame with faces, and any frame that is not a continuation of its key frame - a scene cut
+(the key frame warped onto it along the flow still differs by more than ``cut_error`` grey
+levels on average, over the whole frame or inside its face boxes) or a face that the key frame
+does not have (a box with no key-frame box of IoU >= ``min_iou`` where the flow puts it).
+Those frames inherit nothing. :func:`warp` moves a perturbation along a planned flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+__all__ = ["FramePlan", "KeyFramePlanner", "dense_flow", "warp", "warp_numpy"]
+
+
+@attrs.define
+class FramePlan:
+    """What to do with one video frame.
+
+    Attributes:
+        index: the frame's number in the video.
+        kind: ``key`` (full attack), ``propagated`` (start from ``ref``'s perturbation warped by
+            ``flow``, few steps) or ``none`` (no face).
+        ref: the frame whose perturbation is warped onto this one: a propagated frame's key
+            frame, or for a key frame chosen by the interval the previous key frame (a warm
+            start); ``None`` when nothing is inherited (first key frame, cut, new face).
+        flow: ``(2, h, w)`` float32: for each pixel of this frame (at the planner's working
+            size ``h, w``), where it lies in frame ``ref`` (dx, dy in working pixels); ``None``
+            without ``ref``.
+        reason: why a key frame is one (``first``, ``interval``, ``cut``, ``new face``).
+        error: mean absolute grey-level difference between this frame and ``ref``'s key frame
+            warped onto it (whole frame or face boxes, the larger); NaN when not computed.
+    """
+
+    index: int
+    kind: str
+    ref: int | None = None
+    flow: np.ndarray | None = None
+    reason: str = ""
+    error: float = float("nan")
+
+
+def _grey(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    g = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    if s < 1.0:
+        g = cv2.resize(g, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return g, s
+
+
+def dense_flow(frame_grey: np.ndarray, ref_grey: np.ndarray, dis: Any = None) -> np.ndarray:
+    """OpenCV DIS optical flow from ``frame_grey`` to ``ref_grey``: ``(2, h, w)`` float32, for each
+    pixel of the frame its displacement to the matching point of ``ref``."""
+    import cv2
+
+    dis = dis or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)  # type: ignore[attr-defined]
+    flow = dis.calc(frame_grey, ref_grey, None)  # (h, w, 2)
+    return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)
+
+
+def warp_numpy(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``img`` (``(h, w)`` or ``(h, w, c)``, the reference frame's grid) pulled onto the frame the
+    flow ``(2, h, w)`` starts from (bilinear, zero outside)."""
+    import cv2
+
+    h, w = flow.shape[1:]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(img, xs + flow[0], ys + flow[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp(delta: Any, flow: Any) -> Any:
+    """A perturbation ``(N, C, H, W)`` (torch, the reference frames' grid) warped onto the frames
+    the flows ``(N, 2, h, w)`` start from; the flow (working size) is resized to ``H, W``.
+    Bilinear; pixels that come from outside the reference frame get 0."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, hh, ww = delta.shape
+    flow = torch.as_tensor(flow, device=delta.device, dtype=torch.float32)
+    h, w = flow.shape[-2:]
+    if (h, w) != (hh, ww):
+        flow = F.interpolate(flow, size=(hh, ww), mode="bilinear", align_corners=False)
+        flow = flow * torch.tensor([ww / w, hh / h], device=delta.device).view(1, 2, 1, 1)
+    ys, xs = torch.meshgrid(torch.arange(hh, device=delta.device, dtype=torch.float32),
+                            torch.arange(ww, device=delta.device, dtype=torch.float32), indexing="ij")
+    gx = (xs + flow[:, 0]) * (2.0 / max(ww - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(hh - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(delta.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _iou(p: list[float], q: list[float]) -> float:
+    ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+    iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+    inter = ix * iy
+    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class KeyFramePlanner:
+    """Chooses key frames and computes the flows to them, one frame at a time (see the module
+    docstring). Keeps only the last key frame's grey copy and boxes: memory does not grow with
+    the video.
+
+    Args:
+        interval: a key frame at least every this many frames (1: every frame is a key frame).
+        cut_error: mean absolute grey-level error (0..255) of the flow-warped key frame above
+            which a frame is a cut.
+        min_iou: a face box matches a key-frame face when their IoU (after moving by the flow)
+            is at least this.
+        max_side: the flow is computed on frames shrunk to this longest side.
+    """
+
+    def __init__(self, interval: int, *, cut_error: float = 12.0, min_iou: float = 0.3, max_side: int = 640) -> None:
+        import cv2
+
+        self.interval = max(1, int(interval))
+        self.cut_error = float(cut_error)
+        self.min_iou = float(min_iou)
+        self.max_side = int(max_side)
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)  # type: ignore[attr-defined]
+        self.key: int | None = None
+        self.key_grey: np.ndarray | None = None
+        self.key_boxes: list[list[float]] = []
+
+    def plan(self, index: int, rgb: np.ndarray, boxes: list[list[float]]) -> FramePlan:
+        """The plan for frame ``index`` (frames must come in order) with face ``boxes``."""
+        if not boxes:
+            return FramePlan(index, "none")
+        grey, s = _grey(rgb, self.max_side)
+        if self.key is None or self.key_grey is None or self.key_grey.shape != grey.shape:
+            return self._new_key(index, grey, boxes, "first", None, None, float("nan"))
+        flow = dense_flow(grey, self.key_grey, self.dis)
+        error = self._error(grey, flow, boxes, s)
+        if error > self.cut_error:
+            return self._new_key(index, grey, boxes, "cut", None, None, error)
+        if not self._same_faces(flow, boxes, s):
+            return self._new_key(index, grey, boxes, "new face", None, None, error)
+        if index - self.key >= self.interval:
+            return self._new_key(index, grey, boxes, "interval", self.key, flow, error)
+        return FramePlan(index, "propagated", self.key, flow, "", error)
+
+    def _new_key(self, index: int, grey: np.ndarray, boxes: list[list[float]], reason: str, ref: int | None,
+                 flow: np.ndarray | None, error: float) -> FramePlan:
+        self.key, self.key_grey, self.key_boxes = index, grey, [list(b) for b in boxes]
+        return FramePlan(index, "key", ref, flow, reason, error)
+
+    def _error(self, grey: np.ndarray, flow: np.ndarray, boxes: list[list[float]], s: float) -> float:
+        assert self.key_grey is not None
+        warped = warp_numpy(self.key_grey.astype(np.float32), flow)
+        h, w = grey.shape
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        # only pixels whose match lies inside the key frame (borders uncovered by motion are not errors)
+        inside = (xs + flow[0] >= 0) & (xs + flow[0] <= w - 1) & (ys + flow[1] >= 0) & (ys + flow[1] <= h - 1)
+        diff = np.abs(warped - grey.astype(np.float32))
+        worst = float(diff[inside].mean()) if inside.any() else float("inf")
+        for b in boxes:
+            x1, y1 = max(0, int(b[0] * s)), max(0, int(b[1] * s))
+            x2, y2 = min(w, int(np.ceil(b[2] * s))), min(h, int(np.ceil(b[3] * s)))
+            m = inside[y1:y2, x1:x2]
+            if m.any():
+                worst = max(worst, float(diff[y1:y2, x1:x2][m].mean()))
+        return worst
+
+    def _same_faces(self, flow: np.ndarray, boxes: list[list[float]], s: float) -> bool:
+        """Every face of this frame has a key-frame face where the flow puts it."""
+        h, w = flow.shape[1:]
+        for b in boxes:
+            x1, y1 = min(w - 1, max(0, int(b[0] * s))), min(h - 1, max(0, int(b[1] * s)))
+            x2, y2 = max(x1 + 1, min(w, int(np.ceil(b[2] * s)))), max(y1 + 1, min(h, int(np.ceil(b[3] * s))))
+            dx, dy = (float(flow[k, y1:y2, x1:x2].mean()) / s for k in (0, 1))
+            moved = [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy]
+            if not any(_iou(moved, k) >= self.min_iou for k in self.key_boxes):
+                return False
+        return True
