@@ -105,7 +105,7 @@ def test_numbers_out_of_range_are_refused(tmp_path, option):
 
 # -- the report and the exit status --------------------------------------------------------------
 
-def test_video_summary_counts_the_video_faces_and_preview_says_why(clip, tmp_path):
+def test_video_summary_counts_the_video_faces_and_writes_preview_frames(clip, tmp_path):
     res = _lb("protect", clip, "-o", tmp_path / "o", "--preview", *FAST, "--batch-size", "4", "--min-face", "20")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -115,7 +115,22 @@ def test_video_summary_counts_the_video_faces_and_preview_says_why(clip, tmp_pat
     last = _lines(res.output)[-1]
     assert last.startswith(f"{rec['faces_protected']} face(s) protected (0 in photos, "), last
     assert "0 face(s) protected" not in res.output
-    assert any("--preview draws side-by-side previews of photos only" in n for n in report["notes"])
+    # one measured batch (4 frames, batch 4): its first frame with a face is the preview
+    assert rec["previews"] == [str(tmp_path / "o" / "previews" / "clip.frame0.png")]
+    import cv2
+
+    side = cv2.imread(rec["previews"][0])
+    assert side is not None and side.shape[1] >= 2 * 640  # clean | protected, then the face at 1:1
+
+
+def test_video_previews_are_the_first_middle_and_last_measured_frames(clip, tmp_path):
+    from lbcore.apps.protection import protect
+
+    report = protect([clip], tmp_path / "o", extractors=("fan:weights=none,width=16,landmarks=68,resolution=64",),
+                     steps=1, check_compression=False, device="cpu", batch_size=1, report_every=1, preview=True,
+                     min_face=20)
+    names = [Path(p).name for p in report["files"][0]["previews"]]
+    assert names == ["clip.frame0.png", "clip.frame2.png", "clip.frame3.png"]
 
 
 def test_part_of_a_video_with_start_and_duration(tmp_path, shared):

@@ -633,7 +633,8 @@ class _Run:
         return {**saved, **record, "status": "done earlier", "resumed": True,
                 "previous_status": saved.get("status")}
 
-    def preview(self, rel: Path, clean: np.ndarray, adv: np.ndarray, faces: Any, x: Any, xa: Any) -> Path:
+    def preview(self, rel: Path, clean: np.ndarray, adv: np.ndarray, faces: Any, x: Any, xa: Any,
+                suffix: str = ".png") -> Path:
         """Side-by-side PNG: clean with clean landmarks (green), protected with its own (red);
         below, the first face at 1:1 pixels: clean, protected, and the difference x8 on grey."""
         import cv2
@@ -653,7 +654,7 @@ class _Run:
         side = np.concatenate([left, right], axis=1)
         box = faces.boxes[0].tolist()
         side = _stack_rows(side, face_crops_1to1(clean, adv, box))
-        path = self.out_dir / "previews" / Path(rel).with_suffix(".png")
+        path = self.out_dir / "previews" / Path(rel).with_suffix(suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image_atomic(path, side, inputs=self.inputs)
         return path
@@ -705,6 +706,15 @@ class _Run:
             self.log(f"{display_path(entry.path)}: continuing after the {n_frames} frames an interrupted run finished")
         prev_delta = None
         measured_batches = 0
+        # --preview: the first measured frame with a face, the first from the middle on, the last
+        picks: dict[str, tuple[int, Any, Any, list[list[float]]]] = {}
+
+        def keep_preview_frame(number: int, clean: Any, adv: Any, boxes: list[list[float]]) -> None:
+            pick = (number, clean.clone(), adv.clone(), boxes)
+            picks.setdefault("first", pick)
+            if number >= total // 2:
+                picks.setdefault("middle", pick)
+            picks["last"] = pick
         from tqdm import tqdm
 
         from lbcore.apps.pipeline import BackgroundWriter, prefetch, stage_frames
@@ -804,6 +814,9 @@ class _Run:
                         encoder.put((times, adv_u8.numpy()))
                         if measured is not None:
                             adv_host = adv_u8.permute(0, 3, 1, 2).float()
+                            if self.o.preview and not segment:
+                                j = next(k for k, bs in enumerate(boxes) if bs)
+                                keep_preview_frame(n_frames + j, staged.host[j:j + 1], adv_host[j:j + 1], boxes[j])
                             for row in self.measure(staged.host, adv_host, *measured, with_checks=False):
                                 for spec, e in row["extractors"].items():
                                     if e["nme"] is not None:
@@ -820,6 +833,8 @@ class _Run:
                     if not resumable:
                         raise
                     interrupted = True  # Ctrl-C: the frames handed to the encoder are finished below
+        if picks and not interrupted:
+            record["previews"] = [str(self.preview(entry.rel, *pick)) for pick in self.video_previews(picks)]
         if interrupted:
             self.keep_partial(entry, out, writer.frames_written, written_times, first_time, stats,
                               n_faces, n_small)
@@ -839,6 +854,20 @@ class _Run:
         if not segment:
             self.store.mark_finished(entry.path, out, report=record)
         return record
+
+    def video_previews(self, picks: dict[str, tuple[int, Any, Any, list[list[float]]]]) -> Iterator[tuple[Any, ...]]:
+        """The arguments of :meth:`preview` (after ``rel``) for each distinct picked frame:
+        previews/NAME.frameN.png, N counted from the first frame protected in this run."""
+        from lbcore.types import Faces
+
+        seen = set()
+        for number, x, xa, boxes in sorted(picks.values(), key=lambda p: p[0]):
+            if number in seen:
+                continue
+            seen.add(number)
+            clean = x[0].permute(1, 2, 0).round().clamp(0, 255).to(self.torch.uint8).numpy()
+            adv = xa[0].permute(1, 2, 0).round().clamp(0, 255).to(self.torch.uint8).numpy()
+            yield clean, adv, Faces.from_lists([boxes]), x, xa, f".frame{number}.png"
 
     def keep_partial(self, entry: Any, out: Path, frames: int, times: list[Any], first_time: list[Any],
                      stats: dict[str, list[float]], n_faces: int, n_small: int) -> None:
@@ -1081,7 +1110,6 @@ def protect(
     t0 = time.monotonic()
     claimed: dict[Path, Path] = {}
     interrupted = False
-    previews_noted = False
     for entry in entries:
         if entry.kind in ("error", "skip"):
             records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
@@ -1101,10 +1129,6 @@ def protect(
             bar.update(1)
             continue
         claimed[target] = entry.path
-        if entry.kind == "video" and options.preview and not previews_noted:
-            previews_noted = True
-            run.notes.append("--preview draws side-by-side previews of photos only; none is written for "
-                             f"videos such as {name}: play the protected video beside the original to compare")
         try:
             rec = run.image(entry) if entry.kind == "image" else run.video(entry)
         except KeyboardInterrupt:
