@@ -104,7 +104,7 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--codec", type=click.Choice(["ffv1", "h264", "png"]), default="ffv1", show_default=True,
               help="Video output: lossless FFV1/MKV, H.264 MP4 at --crf, or a folder of PNG frames.")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Video frames attacked together.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Video frames attacked together; photos: this many files attacked together (the same output as one by one).")
 @click.option("--preview", is_flag=True, help="Write side-by-side previews with landmarks before/after.")
 @click.option("--force", is_flag=True, help="Redo files a previous run finished.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
