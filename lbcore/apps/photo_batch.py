@@ -13,9 +13,16 @@ the protected pixels are identical wherever the network gives each face the same
 batch as alone (true of the convolutional extractors on the CPU; checked by the tests and by
 ``benchmarks/photo_batching.py``).
 
-Only heat-map extractors (:class:`~lbcore.extractor.HeatmapExtractor`) are batched; the caller
-(:meth:`lbcore.apps.protection._Run.attack_images`) falls back to file by file for anything else
-and for settings whose randomness is not drawn from the per-photo generator.
+Only heat-map extractors (:class:`~lbcore.extractor.HeatmapExtractor`) are shared; other members
+of an ensemble run in each photo's thread as they are. The caller
+(:meth:`lbcore.apps.protection._Run.attack_photos`) falls back to file by file for settings whose
+randomness is not drawn from the per-photo generator (``--robust``: a random JPEG quality from
+torch's global generator) and for feature-mixing hooks or ``--compile``.
+
+On the CPU the networks run with oneDNN off during photo attacks (both paths): oneDNN's
+convolution kernels depend on the batch size (the same face gives last-bit-different heat-maps
+alone and in a batch), PyTorch's own kernels do not. On a GPU, cuDNN may likewise pick other
+kernels for other batch sizes: there batched outputs are not promised bit-identical.
 """
 
 from __future__ import annotations

@@ -617,20 +617,19 @@ class _Run:
         """Photos on the CPU: convolutions that give each face the same numbers alone as in a batch
         (oneDNN's kernels depend on the batch size; PyTorch's own do not), so ``--batch-size``
         never changes an output."""
-        import contextlib
-
         if self.device.type != "cpu":
             return contextlib.nullcontext()
         return _onednn_off(self.torch)
 
     def batchable(self, job: _PhotoJob) -> bool:
         """Whether a photo's attack may share network calls with others without changing it:
-        heat-map extractors, randomness only from the per-photo generator, no hooks or compile."""
+        a heat-map extractor to share (others, such as MediaPipe's, run in each photo's thread
+        unshared), randomness only from the per-photo generator, no hooks or compile."""
         from lbcore.extractor import HeatmapExtractor
 
         cfg = job.plan["config"]
         stochastic = any(getattr(self.pm.build("degradations", s), "stochastic", False) for s in cfg.eot)
-        return (all(isinstance(e, HeatmapExtractor) for e in self.attacked.values()) and not stochastic
+        return (any(isinstance(e, HeatmapExtractor) for e in self.attacked.values()) and not stochastic
                 and float(cfg.feature_mix) == 0 and not self.performance.compile)
 
     def attack_photos(self, jobs: Sequence[_PhotoJob]) -> list[Any]:
@@ -638,6 +637,7 @@ class _Run:
         (:mod:`lbcore.apps.photo_batch`); each result is the protected pixels or the exception
         that photo's attack raised. The same pixels as one by one."""
         from lbcore.apps.photo_batch import CrossFileBatcher
+        from lbcore.extractor import HeatmapExtractor
 
         together = [j for j in jobs if self.batchable(j)]
         results: dict[int, Any] = {}
@@ -665,7 +665,7 @@ class _Run:
                     return res.adversarial.to(self.torch.uint8).cpu().float()
                 return fn
 
-            self.batcher = CrossFileBatcher(list(self.attacked.values()))
+            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if isinstance(e, HeatmapExtractor)])
             try:
                 with self.invariant():
                     out = self.batcher.run([job_fn(j) for j in together])
