@@ -19,7 +19,8 @@ of an ensemble run in each photo's thread as they are. The caller
 randomness is not drawn from the per-photo generator (``--robust``: a random JPEG quality from
 torch's global generator) and for feature-mixing hooks or ``--compile``.
 
-On the CPU the networks run with oneDNN off during photo attacks (both paths): oneDNN's
+On the CPU the shared network calls run with oneDNN off (``invariant=True``; one photo alone runs
+through a batcher of one, so both paths do): oneDNN's
 convolution kernels depend on the batch size (the same face gives last-bit-different heat-maps
 alone and in a batch), PyTorch's own kernels do not. On a GPU, cuDNN may likewise pick other
 kernels for other batch sizes: there batched outputs are not promised bit-identical.
@@ -35,6 +36,17 @@ from typing import Any
 import torch
 
 __all__ = ["CrossFileBatcher", "Cancelled"]
+
+
+@contextmanager
+def _onednn_off() -> Iterator[None]:
+    # (global, not per thread: set only while every worker waits on the batcher)
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 class Cancelled(Exception):
@@ -102,10 +114,13 @@ class CrossFileBatcher:
     Args:
         extractors: the attacked extractors (heat-map extractors; their ``forward_crops`` is
             routed through the batcher for the worker threads while :meth:`run` runs).
+        invariant: run the shared network calls (forward and backward) with oneDNN off, so that
+            a face gets the same numbers whatever else is in the batch (CPU).
     """
 
-    def __init__(self, extractors: Sequence[Any]) -> None:
+    def __init__(self, extractors: Sequence[Any], invariant: bool = False) -> None:
         self.extractors = list(extractors)
+        self.invariant = invariant
         self._cond = threading.Condition()
         self._local = threading.local()
         self._live = 0
@@ -178,6 +193,16 @@ class CrossFileBatcher:
         assert inp is not None
         self.network_calls += 1
         self.crops += total
+        with self._kernels():
+            self._run_forward(reqs, original, inp, sizes, total)
+
+    def _kernels(self) -> Any:
+        import contextlib
+
+        return _onednn_off() if self.invariant else contextlib.nullcontext()
+
+    def _run_forward(self, reqs: list[_Request], original: Any, inp: torch.Tensor, sizes: list[int],
+                     total: int) -> None:
         if reqs[0].grad:
             with torch.enable_grad():
                 inp = inp.detach().requires_grad_(True)
@@ -203,7 +228,7 @@ class CrossFileBatcher:
             grad[r.rows[0]:r.rows[1]] = r.x
         record.pending -= len(reqs)
         self.backward_calls += 1
-        with torch.enable_grad():
+        with torch.enable_grad(), self._kernels():
             (g,) = torch.autograd.grad(record.out, record.inp, grad_outputs=grad, retain_graph=record.pending > 0)
         if record.pending <= 0:
             record.out = record.inp = None  # the graph is no longer needed

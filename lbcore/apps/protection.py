@@ -10,7 +10,6 @@ crossed the "broken" threshold - also after real JPEG and video re-compression.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -298,16 +297,6 @@ class _PhotoJob:
     faces: Any
     keep: list[list[float]]
     plan: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _onednn_off(torch: Any) -> Iterator[None]:
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def _shown(path: Path) -> str:
@@ -601,9 +590,14 @@ class _Run:
         if on_step is None:
             self.log(f"{_shown(job.entry.path)}: {len(job.keep)} face(s) found; protecting "
                      f"({self.config.steps} attack steps)")
-        with self.invariant():
-            res = attack(job.x, job.faces, list(self.attacked.values()), job.plan["config"], device=self.device,
-                         plugin_manager=self.pm, performance=self.performance, on_step=on_step)
+        if self.batchable(job):
+            # a batch of one: the network calls exactly as in a batch of several
+            (res,) = self.attack_photos([job], on_step=on_step, announce=False)
+            if isinstance(res, BaseException):
+                raise res
+            return res
+        res = attack(job.x, job.faces, list(self.attacked.values()), job.plan["config"], device=self.device,
+                     plugin_manager=self.pm, performance=self.performance, on_step=on_step)
         return res.adversarial.to(self.torch.uint8).cpu().float()
 
     def step_bar(self, desc: str, total: int | None = None) -> Any:
@@ -612,14 +606,6 @@ class _Run:
 
         return tqdm(total=total or self.config.steps, unit="step", desc=desc, leave=False, file=sys.stderr,
                     mininterval=0, miniters=1)
-
-    def invariant(self) -> Any:
-        """Photos on the CPU: convolutions that give each face the same numbers alone as in a batch
-        (oneDNN's kernels depend on the batch size; PyTorch's own do not), so ``--batch-size``
-        never changes an output."""
-        if self.device.type != "cpu":
-            return contextlib.nullcontext()
-        return _onednn_off(self.torch)
 
     def batchable(self, job: _PhotoJob) -> bool:
         """Whether a photo's attack may share network calls with others without changing it:
@@ -632,7 +618,8 @@ class _Run:
         return (any(isinstance(e, HeatmapExtractor) for e in self.attacked.values()) and not stochastic
                 and float(cfg.feature_mix) == 0 and not self.performance.compile)
 
-    def attack_photos(self, jobs: Sequence[_PhotoJob]) -> list[Any]:
+    def attack_photos(self, jobs: Sequence[_PhotoJob], on_step: Callable[[int, int], None] | None = None,
+                      announce: bool = True) -> list[Any]:
         """:meth:`attack_photo` of several photos, their network calls batched across photos
         (:mod:`lbcore.apps.photo_batch`); each result is the protected pixels or the exception
         that photo's attack raised. The same pixels as one by one."""
@@ -641,19 +628,21 @@ class _Run:
 
         together = [j for j in jobs if self.batchable(j)]
         results: dict[int, Any] = {}
-        if len(together) > 1:
+        if together and (len(together) > 1 or not announce):
             from lbcore.engine import attack
 
             bar = None
             lock = __import__("threading").Lock()
-            for j in together:
+            for j in together if announce else ():
                 self.log(f"{_shown(j.entry.path)}: {len(j.keep)} face(s) found; protecting "
                          f"({self.config.steps} attack steps, {len(together)} photos together)")
-            if self.bars:
+            if self.bars and announce:
                 faces = sum(len(j.keep) for j in together)
                 bar = self.step_bar(f"{len(together)} photos, {faces} face(s)", self.config.steps * len(together))
 
             def tick(k: int, n: int) -> None:
+                if on_step is not None:
+                    on_step(k, n)
                 if bar is not None:
                     with lock:
                         bar.update(1)
@@ -665,10 +654,11 @@ class _Run:
                     return res.adversarial.to(self.torch.uint8).cpu().float()
                 return fn
 
-            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if isinstance(e, HeatmapExtractor)])
+            # (CPU: the shared network calls run kernels whose results do not depend on the batch)
+            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if isinstance(e, HeatmapExtractor)],
+                                            invariant=self.device.type == "cpu")
             try:
-                with self.invariant():
-                    out = self.batcher.run([job_fn(j) for j in together])
+                out = self.batcher.run([job_fn(j) for j in together])
             finally:
                 if bar is not None:
                     bar.close()
