@@ -116,11 +116,14 @@ class CrossFileBatcher:
             routed through the batcher for the worker threads while :meth:`run` runs).
         invariant: run the shared network calls (forward and backward) with oneDNN off, so that
             a face gets the same numbers whatever else is in the batch (CPU).
+        max_crops: the most face crops in one shared call (several photos' crops; a photo with
+            more faces is one call of its own).
     """
 
-    def __init__(self, extractors: Sequence[Any], invariant: bool = False) -> None:
+    def __init__(self, extractors: Sequence[Any], invariant: bool = False, max_crops: int = 8) -> None:
         self.extractors = list(extractors)
         self.invariant = invariant
+        self.max_crops = max_crops
         self._cond = threading.Condition()
         self._local = threading.local()
         self._live = 0
@@ -183,6 +186,20 @@ class CrossFileBatcher:
             self._cond.notify_all()
 
     def _forward(self, reqs: list[_Request]) -> None:
+        # calls of at most `max_crops` crops, a photo's crops never split: PyTorch's CPU
+        # convolutions gave each crop the same numbers in batches of 1 to 12 but not of 16 or
+        # more (fan-demo, torch 2.13), and a photo with more faces is one call alone, as one by one
+        part: list[_Request] = []
+        for r in reqs:
+            assert r.x is not None
+            if part and sum(int(q.x.shape[0]) for q in part if q.x is not None) + int(r.x.shape[0]) > self.max_crops:
+                self._forward_part(part)
+                part = []
+            part.append(r)
+        if part:
+            self._forward_part(part)
+
+    def _forward_part(self, reqs: list[_Request]) -> None:
         ext = self.extractors[reqs[0].member]
         original = type(ext).forward_crops.__get__(ext)
         xs = [r.x for r in reqs]
