@@ -192,3 +192,43 @@ def test_terminal_shows_per_photo_steps(src, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     text = res.output + (res.stderr if hasattr(res, "stderr") else "")
     assert "2 photos, 2 face(s)" in text and "6/6" in text
+
+
+def test_shared_calls_capped_and_identical():
+    """Shared network calls hold at most 8 crops and never split one photo's faces (a photo with
+    more faces is a call of its own); every photo's result equals its batch-of-one result."""
+    import torch
+
+    from lbcore.apps.photo_batch import CrossFileBatcher
+    from lbcore.attacks import AttackConfig
+    from lbcore.engine import attack
+    from lbcore.plugins import get_plugin_manager
+    from lbcore.types import Faces
+
+    torch.manual_seed(0)
+    ext = get_plugin_manager().build("extractors", TINY)
+    photos = []
+    for i in range(6):
+        n = 10 if i == 2 else 1
+        x = (torch.rand(1, 3, 72 + 4 * i, 80) * 255).round()
+        photos.append((x, Faces.from_lists([[[4.0 + k, 6.0, 60.0 + k, 66.0] for k in range(n)]])))
+    cfg = AttackConfig(steps=2)
+
+    def jobs() -> list[Any]:
+        return [lambda x=x, f=f: attack(x, f, ext, cfg).adversarial for x, f in photos]
+
+    sizes: list[int] = []
+    part = CrossFileBatcher._forward_part
+
+    def recording(self, reqs):
+        sizes.append(sum(int(r.x.shape[0]) for r in reqs))
+        return part(self, reqs)
+
+    CrossFileBatcher._forward_part = recording  # type: ignore[method-assign]
+    try:
+        together = CrossFileBatcher([ext], invariant=True).run(jobs())
+        assert sorted(set(sizes)) == [2, 3, 10]  # photos 0+1, then 2 (10 faces) alone, then 3+4+5
+        alone = [CrossFileBatcher([ext], invariant=True).run([j])[0] for j in jobs()]
+    finally:
+        CrossFileBatcher._forward_part = part  # type: ignore[method-assign]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone, strict=True))
