@@ -195,7 +195,7 @@ def test_terminal_shows_per_photo_steps(src, tmp_path, monkeypatch):
 
 
 def test_shared_calls_capped_and_identical():
-    """Shared network calls hold at most 8 crops and never split one photo's faces (a photo with
+    """Shared network calls hold at most 15 crops and never split one photo's faces (a photo with
     more faces is a call of its own); every photo's result equals its batch-of-one result."""
     import torch
 
@@ -209,9 +209,9 @@ def test_shared_calls_capped_and_identical():
     ext = get_plugin_manager().build("extractors", TINY)
     photos = []
     for i in range(6):
-        n = 10 if i == 2 else 1
+        n = 16 if i == 2 else 1
         x = (torch.rand(1, 3, 72 + 4 * i, 80) * 255).round()
-        photos.append((x, Faces.from_lists([[[4.0 + k, 6.0, 60.0 + k, 66.0] for k in range(n)]])))
+        photos.append((x, Faces.from_lists([[[4.0 + k / 2, 6.0, 60.0 + k / 2, 66.0] for k in range(n)]])))
     cfg = AttackConfig(steps=2)
 
     def jobs() -> list[Any]:
@@ -227,7 +227,7 @@ def test_shared_calls_capped_and_identical():
     CrossFileBatcher._forward_part = recording  # type: ignore[method-assign]
     try:
         together = CrossFileBatcher([ext], invariant=True).run(jobs())
-        assert sorted(set(sizes)) == [2, 3, 10]  # photos 0+1, then 2 (10 faces) alone, then 3+4+5
+        assert sorted(set(sizes)) == [2, 3, 16]  # photos 0+1, then 2 (16 faces) alone, then 3+4+5
         alone = [CrossFileBatcher([ext], invariant=True).run([j])[0] for j in jobs()]
     finally:
         CrossFileBatcher._forward_part = part  # type: ignore[method-assign]

@@ -120,7 +120,7 @@ class CrossFileBatcher:
             more faces is one call of its own).
     """
 
-    def __init__(self, extractors: Sequence[Any], invariant: bool = False, max_crops: int = 8) -> None:
+    def __init__(self, extractors: Sequence[Any], invariant: bool = False, max_crops: int = 15) -> None:
         self.extractors = list(extractors)
         self.invariant = invariant
         self.max_crops = max_crops
@@ -187,8 +187,9 @@ class CrossFileBatcher:
 
     def _forward(self, reqs: list[_Request]) -> None:
         # calls of at most `max_crops` crops, a photo's crops never split: PyTorch's CPU
-        # convolutions gave each crop the same numbers in batches of 1 to 12 but not of 16 or
-        # more (fan-demo, torch 2.13), and a photo with more faces is one call alone, as one by one
+        # convolutions (oneDNN off) gave each crop the same numbers in batches of 1 to 15 but not
+        # of 16 (fan-demo and a tiny FAN, torch 2.13); a photo with more faces is one call of its
+        # own, exactly as one by one
         part: list[_Request] = []
         for r in reqs:
             assert r.x is not None
