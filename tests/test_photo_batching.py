@@ -1,7 +1,8 @@
-"""Photos attacked together across files (``lb protect --batch-size``) and per-step progress.
+"""Photos attacked together across files (``lb protect --photo-batch``) and per-step progress.
 
-Tiny FAN networks (random weights) and fixed face boxes keep these fast; the outputs must be
-byte-identical to the file-by-file path (``--batch-size 1``), and so must the report.
+Tiny FAN networks (random weights) and fixed face boxes keep these fast; a photo's output (and
+its report) must be byte-identical whatever it is grouped with: pairs (``--photo-batch 2``) vs
+groups of four and six.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def one_by_one(src: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("one") / "out"
-    return out, _protect(src, out, batch_size=1)
+    return out, _protect(src, out, photo_batch=2)
 
 
 def test_batched_outputs_and_report_identical(src, one_by_one, tmp_path, monkeypatch):
@@ -84,9 +85,9 @@ def test_batched_outputs_and_report_identical(src, one_by_one, tmp_path, monkeyp
 
     monkeypatch.setattr(photo_batch.CrossFileBatcher, "_forward", counting)
     out1, rep1 = one_by_one
-    assert not groups  # --batch-size 1: nothing shared
+    assert not groups  # (the fixture ran before the patch)
     out = tmp_path / "out"
-    rep = _protect(src, out, batch_size=4)
+    rep = _protect(src, out, photo_batch=4)
     assert max(groups) == 4  # four photos' faces went through the network in one call
     assert rep["summary"]["files"] == {"protected": 6}
     assert _outputs(out) == _outputs(out1)
@@ -105,7 +106,7 @@ def test_batched_compression_checks_identical(src, tmp_path):
     reps = {}
     for bs in (1, 2):
         out = tmp_path / f"out{bs}"
-        reps[bs] = (_protect(few, out, batch_size=bs, check_compression=True), out)
+        reps[bs] = (_protect(few, out, photo_batch=bs + 1, check_compression=True), out)
     (r1, o1), (r2, o2) = reps[1], reps[2]
     assert _outputs(o1) == _outputs(o2)
     assert _records(r1, o1) == _records(r2, o2)
@@ -128,13 +129,13 @@ def test_resume_after_crash_mid_batch(src, one_by_one, tmp_path, monkeypatch):
 
     monkeypatch.setattr(protection._Run, "finish_image", crashing)
     out = tmp_path / "out"
-    rep = _protect(src, out, batch_size=6)
+    rep = _protect(src, out, photo_batch=6)
     assert rep.get("interrupted") is True
     statuses = [r["status"] for r in rep["files"]]
     assert statuses[:2] == ["protected", "protected"] and "interrupted" in statuses[2:]
     assert len(_outputs(out)) == 2
     monkeypatch.setattr(protection._Run, "finish_image", finish)
-    rep2 = _protect(src, out, batch_size=6)
+    rep2 = _protect(src, out, photo_batch=6)
     assert [r["status"] for r in rep2["files"]] == ["done earlier"] * 2 + ["protected"] * 4
     out1, _ = one_by_one
     assert _outputs(out) == _outputs(out1)
@@ -184,11 +185,11 @@ def test_terminal_shows_per_photo_steps(src, tmp_path, monkeypatch):
     monkeypatch.setattr(protect_cmd, "sys", _Sys())
     args = ["protect", str(src / "p0.png"), str(src / "p2.png"), "-o", str(tmp_path / "o"),
             "--extractor", TINY, "--box", "20,16,84,84", "--steps", "3", "--no-compression-check"]
-    res = CliRunner().invoke(cli, [*args, "--batch-size", "1"])
+    res = CliRunner().invoke(cli, [*args, "--photo-batch", "1"])
     assert res.exit_code == 0, res.output
     text = res.output + (res.stderr if hasattr(res, "stderr") else "")
     assert "p0.png: 1 face(s)" in text and "3/3" in text and "step" in text
-    res = CliRunner().invoke(cli, [*args, "--batch-size", "2", "--force"])
+    res = CliRunner().invoke(cli, [*args, "--photo-batch", "2", "--force"])
     assert res.exit_code == 0, res.output
     text = res.output + (res.stderr if hasattr(res, "stderr") else "")
     assert "2 photos, 2 face(s)" in text and "6/6" in text

@@ -74,6 +74,7 @@ class ProtectOptions:
     force: bool = False
     preview: bool = False
     batch_size: int = 8
+    photo_batch: int = 1
     seed: int = 0
     check_compression: bool = True
     max_pixels: int | None = None
@@ -615,7 +616,8 @@ class _Run:
 
         cfg = job.plan["config"]
         stochastic = any(getattr(self.pm.build("degradations", s), "stochastic", False) for s in cfg.eot)
-        return (any(isinstance(e, HeatmapExtractor) for e in self.attacked.values()) and not stochastic
+        return (self.o.photo_batch > 1 and any(isinstance(e, HeatmapExtractor) for e in self.attacked.values())
+                and not stochastic
                 and float(cfg.feature_mix) == 0 and not self.performance.compile)
 
     def attack_photos(self, jobs: Sequence[_PhotoJob], on_step: Callable[[int, int], None] | None = None,
@@ -1130,7 +1132,7 @@ def protect(
     claimed: dict[Path, Path] = {}
     interrupted = False
     previews_noted = False
-    # photos wait in `pending` (read, faces found) until --batch-size of them can be attacked
+    # photos wait in `pending` (read, faces found) until --photo-batch of them can be attacked
     # together (their records keep their place in `records`); a video or the end flushes them
     pending: list[tuple[int, Any]] = []
     current: list[Any] = []  # the slot and entry being read or protected
@@ -1217,7 +1219,7 @@ def protect(
                     job = run.prepare_image(entry)
                     if isinstance(job, _PhotoJob):
                         pending.append((slot, job))
-                        if len(pending) >= max(1, options.batch_size):
+                        if len(pending) >= max(1, options.photo_batch):
                             flush()
                         continue
                     rec = job
