@@ -214,6 +214,7 @@ def attack(
     plugin_manager: Any = None,
     init: torch.Tensor | None = None,
     performance: Performance | None = None,
+    on_step: Any = None,
 ) -> AttackResult:
     """Run Algorithm 1 on a batch of same-sized images against one or more extractors.
 
@@ -226,6 +227,8 @@ def attack(
         init: optional starting adversarial image (e.g. the previous video frame's
             perturbation added to this frame); projected into the budget first.
         performance: how to run it (autocast, channels-last, compile); default plain fp32.
+        on_step: optional progress callback, called as ``on_step(k, total)`` after attack step
+            ``k`` (1-based) of ``total``.
 
     Returns:
         :class:`AttackResult`; ``adversarial`` holds integer values in ``[0, 255]`` within
@@ -252,12 +255,13 @@ def attack(
     if dev.type == "cuda" and perf.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     with _compiled(exts, perf.compile):
-        return _attack(images, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, perf, amp_dtype, init)
+        return _attack(images, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, perf, amp_dtype, init,
+                       on_step)
 
 
 def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: AttackConfig, dev: torch.device,
             loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], perf: Performance,
-            amp_dtype: torch.dtype | None, init: torch.Tensor | None) -> AttackResult:
+            amp_dtype: torch.dtype | None, init: torch.Tensor | None, on_step: Any = None) -> AttackResult:
     """The body of :func:`attack` once components are built."""
 
     def run(e: Extractor, inp: torch.Tensor, fcs: Faces) -> Any:
@@ -300,7 +304,7 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
         clean_feat = {i: f.detach().float().flatten(1) for i, f in clean_feat.items()
                       if isinstance(f, torch.Tensor) and f.shape[0] == n_faces}
         return _iterate(x, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, run, gen, init,
-                        clean, clean_loss, scale, feats, clean_feat, n_img, perf)
+                        clean, clean_loss, scale, feats, clean_feat, n_img, perf, on_step)
     finally:
         if feats is not None:
             feats.close()
@@ -342,7 +346,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
              loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], run: Any,
              gen: torch.Generator, init: torch.Tensor | None, clean: list[Any], clean_loss: Any,
              scale: list[torch.Tensor], feats: _Features | None, clean_feat: dict[int, torch.Tensor],
-             n_img: int, perf: Performance) -> AttackResult:
+             n_img: int, perf: Performance, on_step: Any = None) -> AttackResult:
     """The iterations of :func:`attack` (after the clean pass)."""
     mix = float(config.feature_mix)
     # per-face early stop (config.stop_nme > 0): `view` holds the faces still attacked and their
@@ -495,6 +499,8 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 mask = mask & (~partial.view(-1, 1, 1, 1) | (raw != 0))
             x_adv = torch.where(mask, cand, x_adv)
             steps_taken += active.long()
+        if on_step is not None:
+            on_step(t + 1, steps)
 
     with torch.no_grad():
         x_adv = torch.where(touched, x_adv, x)

@@ -74,6 +74,7 @@ class ProtectOptions:
     force: bool = False
     preview: bool = False
     batch_size: int = 8
+    photo_batch: int = 1
     seed: int = 0
     check_compression: bool = True
     max_pixels: int | None = None
@@ -305,6 +306,26 @@ def _check_named_weights(pm: Any, named: dict[str, str]) -> None:
     if unknown:
         raise WeightsError(f"--weights {unknown[0]}={named[unknown[0]]}: no installed extractor uses weights "
                            f"named {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'}; see `lb weights list`)")
+
+
+@attrs.define(eq=False)
+class _PhotoJob:
+    """A photo read, its faces found, waiting for its attack (see :meth:`_Run.prepare_image`)."""
+
+    entry: Any
+    out: Path
+    record: dict[str, Any]
+    loaded: Any
+    x: Any
+    faces: Any
+    keep: list[list[float]]
+    plan: dict[str, Any]
+
+
+def _shown(path: Path) -> str:
+    from lbcore.io import display_path
+
+    return display_path(path)
 
 
 class _Run:
@@ -588,6 +609,16 @@ class _Run:
 
     # -- one image ---------------------------------------------------------------------
     def image(self, entry: Any) -> dict[str, Any]:
+        """Protect one photo; return its report record (:meth:`prepare_image`, the attack,
+        :meth:`finish_image`)."""
+        job = self.prepare_image(entry)
+        if not isinstance(job, _PhotoJob):
+            return job
+        return self.finish_image(job, self.attack_photo(job))
+
+    def prepare_image(self, entry: Any) -> dict[str, Any] | _PhotoJob:
+        """Read a photo and find its faces: its finished record (done earlier, or written
+        unchanged without a face) or the :class:`_PhotoJob` to attack."""
         from lbcore.io import read_image, write_image_atomic
         from lbcore.types import Faces
 
@@ -599,27 +630,125 @@ class _Run:
         loaded = read_image(entry.path, **kwargs)
         keep, small = self.find_faces(loaded.rgb)
         record["skipped_small_faces"] = [[round(v, 1) for v in b] for b in small]
-        x = self.torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None].float()
         if not keep:
             write_image_atomic(out, loaded.rgb, like=loaded, inputs=self.inputs)
             record.update(status="unchanged", faces=[], note="no face found: written unchanged")
-        else:
-            from lbcore.io import display_path
+            self.store.mark_finished(entry.path, out, report=record)
+            return record
+        x = self.torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None].float()
+        return _PhotoJob(entry, out, record, loaded, x, Faces.from_lists([keep]), keep, self.save_plan(out, loaded))
 
-            self.log(f"{display_path(entry.path)}: {len(keep)} face(s) found; protecting "
+    def attack_photo(self, job: _PhotoJob, on_step: Callable[[int, int], None] | None = None) -> Any:
+        """The protected pixels of one photo (float, integer values, on the CPU)."""
+        from lbcore.engine import attack
+
+        if on_step is None and self.bars:
+            self.log(f"{_shown(job.entry.path)}: {len(job.keep)} face(s) found; protecting "
                      f"({self.config.steps} attack steps)")
-            faces = Faces.from_lists([keep])
-            plan = self.save_plan(out, loaded)
-            adv = self.attack(x, faces, config=plan["config"])
-            adv_rgb, data = self.encode_within_budget(loaded, x, adv, faces, plan)
-            write_image_atomic(out, adv_rgb, like=loaded, inputs=self.inputs, data=data)
-            # measured on the file as saved (decoded again): what is protected is what is published
-            adv = self.torch.from_numpy(adv_rgb).permute(2, 0, 1)[None].float()
-            record.update(status="protected", faces=self.measure(x, adv, faces, keep, with_checks=True),
-                          format=plan["suffix"].lstrip("."), quality=plan["quality"],
-                          bytes=len(data), input_bytes=entry.path.stat().st_size)
-            if self.o.preview:
-                record["preview"] = str(self.preview(entry.rel, loaded.rgb, adv_rgb, faces, x, adv))
+            bar = self.step_bar(f"{_shown(job.entry.path)}: {len(job.keep)} face(s)")
+            with bar:
+                return self.attack_photo(job, lambda k, n: bar.update(1))
+        if on_step is None:
+            self.log(f"{_shown(job.entry.path)}: {len(job.keep)} face(s) found; protecting "
+                     f"({self.config.steps} attack steps)")
+        if self.batchable(job):
+            # a batch of one: the network calls exactly as in a batch of several
+            (res,) = self.attack_photos([job], on_step=on_step, announce=False)
+            if isinstance(res, BaseException):
+                raise res
+            return res
+        res = attack(job.x, job.faces, list(self.attacked.values()), job.plan["config"], device=self.device,
+                     plugin_manager=self.pm, performance=self.performance, on_step=on_step)
+        return res.adversarial.to(self.torch.uint8).cpu().float()
+
+    def step_bar(self, desc: str, total: int | None = None) -> Any:
+        """A terminal progress bar of attack steps (cleared when done)."""
+        from tqdm import tqdm
+
+        return tqdm(total=total or self.config.steps, unit="step", desc=desc, leave=False, file=sys.stderr,
+                    mininterval=0, miniters=1)
+
+    def batchable(self, job: _PhotoJob) -> bool:
+        """Whether a photo's attack may share network calls with others without changing it:
+        a heat-map extractor to share (others, such as MediaPipe's, run in each photo's thread
+        unshared), randomness only from the per-photo generator, no hooks or compile."""
+        from lbcore.extractor import HeatmapExtractor
+
+        cfg = job.plan["config"]
+        stochastic = any(getattr(self.pm.build("degradations", s), "stochastic", False) for s in cfg.eot)
+        return (self.o.photo_batch > 1 and any(isinstance(e, HeatmapExtractor) for e in self.attacked.values())
+                and not stochastic
+                and float(cfg.feature_mix) == 0 and not self.performance.compile)
+
+    def attack_photos(self, jobs: Sequence[_PhotoJob], on_step: Callable[[int, int], None] | None = None,
+                      announce: bool = True) -> list[Any]:
+        """:meth:`attack_photo` of several photos, their network calls batched across photos
+        (:mod:`lbcore.apps.photo_batch`); each result is the protected pixels or the exception
+        that photo's attack raised. The same pixels as one by one."""
+        from lbcore.apps.photo_batch import CrossFileBatcher
+        from lbcore.extractor import HeatmapExtractor
+
+        together = [j for j in jobs if self.batchable(j)]
+        results: dict[int, Any] = {}
+        if together and (len(together) > 1 or not announce):
+            from lbcore.engine import attack
+
+            bar = None
+            lock = __import__("threading").Lock()
+            for j in together if announce else ():
+                self.log(f"{_shown(j.entry.path)}: {len(j.keep)} face(s) found; protecting "
+                         f"({self.config.steps} attack steps, {len(together)} photos together)")
+            if self.bars and announce:
+                faces = sum(len(j.keep) for j in together)
+                bar = self.step_bar(f"{len(together)} photos, {faces} face(s)", self.config.steps * len(together))
+
+            def tick(k: int, n: int) -> None:
+                if on_step is not None:
+                    on_step(k, n)
+                if bar is not None:
+                    with lock:
+                        bar.update(1)
+
+            def job_fn(j: _PhotoJob) -> Callable[[], Any]:
+                def fn() -> Any:
+                    res = attack(j.x, j.faces, list(self.attacked.values()), j.plan["config"], device=self.device,
+                                 plugin_manager=self.pm, performance=self.performance, on_step=tick)
+                    return res.adversarial.to(self.torch.uint8).cpu().float()
+                return fn
+
+            # (CPU: the shared network calls run kernels whose results do not depend on the batch)
+            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if isinstance(e, HeatmapExtractor)],
+                                            invariant=self.device.type == "cpu")
+            try:
+                out = self.batcher.run([job_fn(j) for j in together])
+            finally:
+                if bar is not None:
+                    bar.close()
+            results = {id(j): r for j, r in zip(together, out, strict=True)}
+        for j in jobs:
+            if id(j) not in results:
+                try:
+                    results[id(j)] = self.attack_photo(j)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:
+                    results[id(j)] = err
+        return [results[id(j)] for j in jobs]
+
+    def finish_image(self, job: _PhotoJob, adv: Any) -> dict[str, Any]:
+        """Encode (within the perceptual budget), write, measure and record a protected photo."""
+        from lbcore.io import write_image_atomic
+
+        entry, out, record, loaded, x, faces, plan = job.entry, job.out, job.record, job.loaded, job.x, job.faces, job.plan
+        adv_rgb, data = self.encode_within_budget(loaded, x, adv, faces, plan)
+        write_image_atomic(out, adv_rgb, like=loaded, inputs=self.inputs, data=data)
+        # measured on the file as saved (decoded again): what is protected is what is published
+        adv = self.torch.from_numpy(adv_rgb).permute(2, 0, 1)[None].float()
+        record.update(status="protected", faces=self.measure(x, adv, faces, job.keep, with_checks=True),
+                      format=plan["suffix"].lstrip("."), quality=plan["quality"],
+                      bytes=len(data), input_bytes=entry.path.stat().st_size)
+        if self.o.preview:
+            record["preview"] = str(self.preview(entry.rel, loaded.rgb, adv_rgb, faces, x, adv))
         self.store.mark_finished(entry.path, out, report=record)
         return record
 
@@ -1110,50 +1239,109 @@ def protect(
     t0 = time.monotonic()
     claimed: dict[Path, Path] = {}
     interrupted = False
-    for entry in entries:
-        if entry.kind in ("error", "skip"):
-            records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
-                            "error": entry.error})
-            bar.update(1)
-            continue
+    # photos wait in `pending` (read, faces found) until --photo-batch of them can be attacked
+    # together (their records keep their place in `records`); a video or the end flushes them
+    pending: list[tuple[int, Any]] = []
+    current: list[Any] = []  # the slot and entry being read or protected
+
+    def failed(entry: Any, err: BaseException) -> dict[str, Any]:
         name = display_path(entry.path)
-        target = run.output_path(entry)
-        if target in claimed:
-            # photo.jpg and photo.png (or clip.mp4 and clip.mkv) both become photo.png: the
-            # second must not silently replace the first's result
-            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error",
-                   "error": f"{name}: would be written to the same output {display_path(target)} as "
-                            f"{display_path(claimed[target])}; skipped (rename one of them)"}
-            records.append(rec)
-            run.log(f"{name}: {rec['status']}")
-            bar.update(1)
-            continue
-        claimed[target] = entry.path
-        try:
-            rec = run.image(entry) if entry.kind == "image" else run.video(entry)
-        except KeyboardInterrupt:
-            # Ctrl-C: stop now, keep what is finished, and still write the report of it
-            interrupted = True
-            rec = {"input": str(entry.path), "kind": entry.kind, "status": "interrupted",
-                   "error": f"{name}: interrupted (Ctrl-C) before it finished; run the same command again "
-                            "to finish it (finished files are skipped)"}
-            records.append(rec)
-            break
-        except LBError as err:
+        if isinstance(err, LBError):
             msg = str(err)
             if name not in msg:  # every error line names its file
                 msg = f"{name}: {msg}"
-            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error", "error": msg}
-        except Exception as err:  # a bug on one file must not lose the rest of the batch
-            import traceback
+            return {"input": str(entry.path), "kind": entry.kind, "status": "error", "error": msg}
+        import traceback
 
-            run.log(traceback.format_exc().rstrip())
-            rec = {"input": str(entry.path), "kind": entry.kind, "status": "error",
-                   "error": f"{name}: internal error ({type(err).__name__}: {' '.join(str(err).split())}); "
-                            "please report this"}
-        records.append(rec)
-        run.log(f"{name}: {rec['status']}")
+        run.log("".join(traceback.format_exception(err)).rstrip())
+        return {"input": str(entry.path), "kind": entry.kind, "status": "error",
+                "error": f"{name}: internal error ({type(err).__name__}: {' '.join(str(err).split())}); "
+                         "please report this"}
+
+    def stopped(entry: Any) -> dict[str, Any]:
+        return {"input": str(entry.path), "kind": entry.kind, "status": "interrupted",
+                "error": f"{display_path(entry.path)}: interrupted (Ctrl-C) before it finished; run the same "
+                         "command again to finish it (finished files are skipped)"}
+
+    def settle(slot: int, entry: Any, rec: dict[str, Any]) -> None:
+        records[slot] = rec
+        run.log(f"{display_path(entry.path)}: {rec['status']}")
         bar.update(1)
+
+    def flush() -> None:
+        """Attack the pending photos together, then write them one by one (each finished file
+        is recorded as done before the next: a crash keeps them)."""
+        jobs = list(pending)
+        pending.clear()
+        if not jobs:
+            return
+        try:
+            advs = run.attack_photos([j for _, j in jobs])
+        except KeyboardInterrupt:
+            for slot, job in jobs:
+                records[slot] = stopped(job.entry)
+            raise
+        for k, ((slot, job), adv) in enumerate(zip(jobs, advs, strict=True)):
+            try:
+                if isinstance(adv, BaseException):
+                    raise adv
+                rec = run.finish_image(job, adv)
+            except KeyboardInterrupt:
+                for s2, j2 in jobs[k:]:
+                    records[s2] = stopped(j2.entry)
+                raise
+            except Exception as err:  # a bug on one file must not lose the rest of the batch
+                rec = failed(job.entry, err)
+            settle(slot, job.entry, rec)
+
+    try:
+        for entry in entries:
+            if entry.kind in ("error", "skip"):
+                records.append({"input": str(entry.path), "status": "error" if entry.kind == "error" else "skipped",
+                                "error": entry.error})
+                bar.update(1)
+                continue
+            name = display_path(entry.path)
+            target = run.output_path(entry)
+            if target in claimed:
+                # photo.jpg and photo.png (or clip.mp4 and clip.mkv) both become photo.png: the
+                # second must not silently replace the first's result
+                rec = {"input": str(entry.path), "kind": entry.kind, "status": "error",
+                       "error": f"{name}: would be written to the same output {display_path(target)} as "
+                                f"{display_path(claimed[target])}; skipped (rename one of them)"}
+                records.append(rec)
+                run.log(f"{name}: {rec['status']}")
+                bar.update(1)
+                continue
+            claimed[target] = entry.path
+            slot = len(records)
+            records.append({"input": str(entry.path), "kind": entry.kind, "status": "not started"})
+            current[:] = [slot, entry]
+            try:
+                if entry.kind == "image":
+                    job = run.prepare_image(entry)
+                    if isinstance(job, _PhotoJob):
+                        pending.append((slot, job))
+                        if len(pending) >= max(1, options.photo_batch):
+                            flush()
+                        continue
+                    rec = job
+                else:
+                    flush()
+                    rec = run.video(entry)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:
+                rec = failed(entry, err)
+            settle(slot, entry, rec)
+        flush()
+    except KeyboardInterrupt:
+        # Ctrl-C: stop now, keep what is finished, and still write the report of it
+        interrupted = True
+        for slot, job in pending:
+            records[slot] = stopped(job.entry)
+        if current and records[current[0]].get("status") == "not started":
+            records[current[0]] = stopped(current[1])
     bar.close()
     if interrupted:
         done = {r["input"] for r in records}

@@ -105,6 +105,9 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Video output: lossless FFV1/MKV, H.264 MP4 at --crf, or a folder of PNG frames.")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Video frames attacked together.")
+@click.option("--photo-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Photos attacked together (their network calls shared). 2 or more: each photo's output is the "
+                   "same whatever it is grouped with (last bits differ from 1, which keeps oneDNN's kernels).")
 @click.option("--preview", is_flag=True, help="Write side-by-side previews with landmarks before/after.")
 @click.option("--force", is_flag=True, help="Redo files a previous run finished.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -147,7 +150,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
                 attack_name: str, strength: str, eps: float | None, steps: int | None, fmt: str,
                 quality: int | None, robust: bool,
                 device: str, detector: str, boxes: tuple[str, ...], min_face: int, threshold: float,
-                codec: str, crf: int, batch_size: int, preview: bool, force: bool, seed: int,
+                codec: str, crf: int, batch_size: int, photo_batch: int, preview: bool, force: bool, seed: int,
                 max_pixels: int | None, max_frames: int | None, no_compression_check: bool, amp: str,
                 compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool,
                 require_broken: bool = False, start: float = 0.0, duration: float | None = None,
@@ -176,7 +179,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
         extractors=extractors, held_out=held_out, attack=attack_name, strength=strength, eps=eps,
         steps=steps, format=fmt, quality=quality, robust=robust, device=device, detector=detector,
         boxes=tuple(parse_box(b) for b in boxes), min_face=min_face, threshold=threshold, codec=codec,
-        crf=crf, force=force, preview=preview, batch_size=batch_size, seed=seed,
+        crf=crf, force=force, preview=preview, batch_size=batch_size, photo_batch=photo_batch, seed=seed,
         check_compression=not no_compression_check, max_pixels=max_pixels, max_frames=max_frames,
         amp=amp, compile=compile_, detect_every=detect_every, start=start, duration=duration,
         key_interval=key_interval, propagated_steps=propagated_steps, stop_nme=stop_nme, stop_margin=stop_margin,
