@@ -105,7 +105,11 @@ def plugin_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     old = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", str(root) + (os.pathsep + old if old else ""))
+    from lbcore.plugins import reset_plugin_manager
+
+    reset_plugin_manager()  # the shared manager loads again, with what the test installs here
     yield root
+    reset_plugin_manager()  # ... and without it afterwards
     for name in list(sys.modules):
         if name.startswith(("lb_test_", "broken_")):
             del sys.modules[name]
