@@ -83,17 +83,11 @@ class AttackConfig:
             change into colour.
         mask_margin: with ``mask="face"``, how far the ellipse reaches beyond the face box
             (fraction of the box's half-sides).
-        lowfreq: low-frequency perturbation - the gradient and the perturbation are projected
-            each step onto images this many times coarser (mean over ``lowfreq`` x ``lowfreq``
-            blocks, bilinear upsampling back); 0 or 1 is off.
         box_jitter: each step, every attacked member sees every face box scaled by a random
             factor in ``[1 - j, 1 + j]`` and shifted by up to ``j / 2`` of its size (its clean
             reference is recomputed in the jittered box); 0 is off.
         ti_rel: TI with the Gaussian's sigma this fraction of the width of each image's faces
             (the median box width); overrides ``ti_sigma`` when above 0.
-        step_schedule: ``constant`` (the paper), ``cosine`` (the step of the update rule scaled
-            by ``1 + cos(pi t / T)``: twice the step first, near zero at the end) or ``linear``
-            (``2 (1 - t / T)``).
     """
 
     loss: str = "heatmap-cosine"
@@ -121,10 +115,8 @@ class AttackConfig:
     texture: float = 0.0
     luma_weight: float = 1.0
     mask_margin: float = 0.3
-    lowfreq: int = 0
     box_jitter: float = 0.0
     ti_rel: float = 0.0
-    step_schedule: str = "constant"
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)

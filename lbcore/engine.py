@@ -334,13 +334,6 @@ def _smooth(g: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(g, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
 
 
-def _lowpass(t: torch.Tensor, factor: int) -> torch.Tensor:
-    """``lowfreq``: ``t`` averaged over ``factor`` x ``factor`` blocks, upsampled bilinearly back."""
-    h, w = t.shape[-2:]
-    small = F.avg_pool2d(t, factor, ceil_mode=True)
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-
-
 def _smooth_rel(g: torch.Tensor, faces: Faces, rel: float) -> torch.Tensor:
     """``ti_rel``: TI per image with sigma ``rel`` times the median width of its faces."""
     out = g.clone()
@@ -362,15 +355,6 @@ def _jitter_boxes(boxes: torch.Tensor, j: float, gen: torch.Generator) -> torch.
     c = c + u[:, 1:] * (j / 2) * size
     half = size * (1 + j * u[:, :1]) / 2
     return torch.cat([c - half, c + half], dim=1)
-
-
-def _schedule(name: str, t: int, steps: int) -> float:
-    """``step_schedule``: the factor on step ``t`` of ``steps`` (mean about 1)."""
-    if name == "cosine":
-        return 1.0 + math.cos(math.pi * t / max(1, steps))
-    if name == "linear":
-        return 2.0 * (1.0 - t / max(1, steps))
-    raise SpecError(f"unknown step_schedule {name!r} (valid: constant, cosine, linear)")
 
 
 def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: AttackConfig, dev: torch.device,
@@ -483,8 +467,6 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
             grad = _smooth_rel(grad, faces, float(config.ti_rel))
         elif config.ti_sigma > 0:
             grad = _smooth(grad, float(config.ti_sigma))
-        if config.lowfreq > 1:
-            grad = _lowpass(grad, int(config.lowfreq))
         use_mix = mix_rule is not None and t % 2 == 1
         with torch.no_grad():
             if use_mix:
@@ -492,10 +474,6 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 cand = mix_rule.step(x_adv, grad, mix_state, eps)
             else:
                 cand = rule.step(x_adv, grad, state, eps)
-            if config.step_schedule != "constant":
-                cand = x_adv + _schedule(config.step_schedule, t, steps) * (cand - x_adv)
-            if config.lowfreq > 1:
-                cand = x + _lowpass(cand - x, int(config.lowfreq))
             if weight is not None:
                 # each step spends the change where the budget map allows it (texture, face)
                 cand = x_adv + weight * (cand - x_adv)
