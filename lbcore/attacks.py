@@ -90,6 +90,11 @@ class AttackConfig:
             computes anyway. 0 (default) is off.
         stop_margin: factor (>= 1) on ``stop_nme`` (a face stops only clearly past the threshold).
         stop_every: check the stop rule every this many steps (1: every step).
+        box_jitter: each step, every attacked member sees every face box scaled by a random
+            factor in ``[1 - j, 1 + j]`` and shifted by up to ``j / 2`` of its size (its clean
+            reference is recomputed in the jittered box); 0 is off.
+        ti_rel: TI with the Gaussian's sigma this fraction of the width of each image's faces
+            (the median box width); overrides ``ti_sigma`` when above 0.
     """
 
     loss: str = "heatmap-cosine"
@@ -120,6 +125,8 @@ class AttackConfig:
     stop_nme: float = 0.0
     stop_margin: float = 1.0
     stop_every: int = 1
+    box_jitter: float = 0.0
+    ti_rel: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)

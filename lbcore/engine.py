@@ -342,6 +342,29 @@ def _smooth(g: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(g, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
 
 
+def _smooth_rel(g: torch.Tensor, faces: Faces, rel: float) -> torch.Tensor:
+    """``ti_rel``: TI per image with sigma ``rel`` times the median width of its faces."""
+    out = g.clone()
+    widths = (faces.boxes[:, 2] - faces.boxes[:, 0]).float()
+    for i in range(g.shape[0]):
+        w = widths[faces.image_index == i]
+        if w.numel():
+            out[i:i + 1] = _smooth(g[i:i + 1], max(0.3, rel * float(w.median())))
+    return out
+
+
+def _jitter_boxes(boxes: torch.Tensor, j: float, gen: torch.Generator) -> torch.Tensor:
+    """``box_jitter``: every box scaled by a factor in ``[1 - j, 1 + j]`` about its centre and
+    shifted by up to ``j / 2`` of its width and height."""
+    n = boxes.shape[0]
+    u = (torch.rand((n, 3), generator=gen) * 2 - 1).to(boxes.device, boxes.dtype)
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = boxes[:, 2:] - boxes[:, :2]
+    c = c + u[:, 1:] * (j / 2) * size
+    half = size * (1 + j * u[:, :1]) / 2
+    return torch.cat([c - half, c + half], dim=1)
+
+
 def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: AttackConfig, dev: torch.device,
              loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], run: Any,
              gen: torch.Generator, init: torch.Tensor | None, clean: list[Any], clean_loss: Any,
@@ -356,10 +379,12 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     passes = torch.zeros(len(faces), dtype=torch.long)
     outs: list[Any] = []
 
-    def member_losses(inp: torch.Tensor, fcs: Faces) -> list[torch.Tensor]:
+    def member_losses(inp: torch.Tensor, fcs: Faces, jit: list[tuple[Faces, Any]] | None = None) -> list[torch.Tensor]:
         out = []
         outs.clear()
         for i, (c, e) in enumerate(zip(view["clean"], exts, strict=True)):
+            if jit is not None:  # box_jitter: this member's own boxes and clean reference
+                fcs, c = jit[i]
             o = run(e, inp, fcs)
             if stopper is not None:
                 outs.append(o)
@@ -384,13 +409,25 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         for k in range(max(1, config.eot_samples if eot else 1)):
             xi = point.detach().requires_grad_(True)
             inp, fcs = xi, faces_now
+            jit: list[tuple[Faces, Any]] | None = None
+            if config.box_jitter > 0:
+                # one jittered box set per member, its clean reference in those boxes; the sets are
+                # stacked so that DI moves them with the image (same crop content, same reference)
+                jb = [_jitter_boxes(faces_now.boxes, float(config.box_jitter), gen) for _ in exts]
+                with torch.no_grad():
+                    refs = [run(e, x, Faces(b, faces_now.image_index)) for e, b in zip(exts, jb, strict=True)]
+                fcs = Faces(torch.cat(jb), faces_now.image_index.repeat(len(exts)))
             for d in eot:
                 inp = d(inp)
             diversified = False
             if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
                 inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
                 diversified = True
-            losses = member_losses(inp, fcs)
+            if config.box_jitter > 0:
+                diversified = True  # (the stop rule reads outputs in the attack's own boxes only)
+                nf = faces_now.boxes.shape[0]
+                jit = [(Faces(fcs.boxes[i * nf:(i + 1) * nf], faces_now.image_index), r) for i, r in enumerate(refs)]
+            losses = member_losses(inp, fcs, jit)
             stopper_passes(len(exts))
             per_face = sum(losses)
             assert isinstance(per_face, torch.Tensor)
@@ -471,7 +508,9 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * radius
                 acc += gradient((x_adv + noise).clamp(0, 255))[0]
             variance = acc / int(config.vt_samples) - raw
-        if config.ti_sigma > 0:
+        if config.ti_rel > 0:
+            grad = _smooth_rel(grad, faces, float(config.ti_rel))
+        elif config.ti_sigma > 0:
             grad = _smooth(grad, float(config.ti_sigma))
         use_mix = mix_rule is not None and t % 2 == 1
         with torch.no_grad():
