@@ -77,15 +77,16 @@ def load_attention_mesh(path: str | os.PathLike[str]) -> TFLiteNet:
 def refine(mesh: torch.Tensor, lips: torch.Tensor, left_eye: torch.Tensor, right_eye: torch.Tensor,
            left_iris: torch.Tensor, right_iris: torch.Tensor) -> torch.Tensor:
     """MediaPipe's refinement: ``(F, 468, 3)`` mesh and ``(F, K, 2)`` parts -> ``(F, 478, 3)``; differentiable."""
-    out = mesh.clone()
+    # float32 throughout: under autocast the network's outputs come in mixed precisions
+    out = mesh.float().clone()
     parts: tuple[tuple[torch.Tensor, tuple[int, ...]], ...] = (
         (lips, LIPS), (left_eye, LEFT_EYE), (right_eye, RIGHT_EYE))
     for part, idx in parts:
-        out[:, list(idx), :2] = part
+        out[:, list(idx), :2] = part.float()
     irises = []
     for part, idx in ((left_iris, LEFT_IRIS_Z), (right_iris, RIGHT_IRIS_Z)):
         z = out[:, list(idx), 2].mean(1, keepdim=True)  # (F, 1)
-        irises.append(torch.cat([part, z[:, :, None].expand(-1, part.shape[1], 1)], -1))
+        irises.append(torch.cat([part.float(), z[:, :, None].expand(-1, part.shape[1], 1)], -1))
     return torch.cat([out, *irises], 1)
 
 

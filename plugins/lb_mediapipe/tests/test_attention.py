@@ -133,6 +133,15 @@ def test_refinement_writes_parts_into_the_mesh_and_appends_irises():
 
 # -- the real network -------------------------------------------------------------------------
 
+def test_refinement_of_mixed_precision_outputs_is_float32():
+    """Under bf16 autocast (``--amp bf16``) the mesh comes out in bf16 and some parts in float32."""
+    g = torch.Generator().manual_seed(0)
+    mesh = torch.rand(2, 468, 3, generator=g).bfloat16()
+    parts = [torch.rand(2, n, 2, generator=g) for n in (80, 71, 71, 5, 5)]
+    out = refine(mesh, *parts)
+    assert out.dtype == torch.float32 and torch.equal(out[:, list(LIPS), :2], parts[0])
+
+
 def test_the_rebuilt_graph_matches_mediapipe_itself_on_the_sample_faces(ext, faces68):
     """MediaPipe 0.10.21's FaceLandmarkCpu graph (with attention; tools/attention_reference.py) on
     the same uint8 crops gave the 478 landmarks in tests/data; the torch network agrees within
