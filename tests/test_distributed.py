@@ -137,7 +137,8 @@ def _torchrun(src: Path, out: Path, *extra: str, env: dict[str, str], extractor:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), *extra, "-m", "lbcore", "distributed", "protect", str(src),
            "-o", str(out), "--extractor", extractor, "--steps", "2", "--box", "10,10,60,60",
-           "--no-compression-check", "--device", "cpu", "--json", *args]
+           "--no-compression-check", "--device", "cpu", "--json",
+           "--key-interval", "1", *args]  # every frame attacked: comparable with one process frame by frame
     # own session: on a timeout the whole group (torchrun and its workers) is stopped
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)

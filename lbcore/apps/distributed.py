@@ -30,7 +30,8 @@ A range is measured like a whole video (its first batch with faces, then every
 ``--report-every``-th), so a split video's measured subsample differs a little from one
 process's. The warm start does not cross a range boundary, so the frames near one differ
 slightly from a single-process run (each is still within the budget); they are identical when
-the warm start is left out of both.
+the warm start is left out of both (and every frame is attacked, ``--key-interval 1``). With key
+frames (``lb protect``'s default ``--key-interval 8``) each range starts with a key frame.
 
 A lost worker: its finished files and ranges are complete (atomic writes + sidecars), its
 unfinished one left no output. With ``torchrun --max-restarts N`` the group restarts and every
