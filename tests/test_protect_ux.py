@@ -200,7 +200,10 @@ def test_ctrl_c_stops_fast_exits_130_keeps_the_frames_done_and_a_rerun_continues
     cmd = [sys.executable, "-m", "lbcore", "protect", src / "a.jpg", video, src / "z.jpg", "-o", out,
            "--batch-size", "2", "--min-face", "20", "--format", "png", *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Ctrl-C as on a terminal: a run started in the background by a non-interactive shell (CI
+    # scripts with `&`) inherits SIGINT ignored, and Python then keeps ignoring it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     try:
         for line in proc.stderr:
