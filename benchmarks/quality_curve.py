@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lbcore.metrics import edge_band
+
 _P = "lb:optimizer=mifgsm-l2,mask=face,texture={texture},eps={eps},steps=30,ssim_min={ssim},psnr_min={psnr}"
 SETTINGS: dict[str, dict[str, Any]] = {
     # name: protect() options: a --strength, or a full attack spec (its keys win over the strength's)
@@ -72,25 +74,6 @@ class DlibLandmarks:
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
-def edge_band(clean: np.ndarray, adv: np.ndarray, band: int = 4) -> float | None:
-    """Mean |change| (grey levels, over channels) in the outermost ``band`` pixels of the filled
-    region where anything changed; None when nothing changed."""
-    import cv2
-
-    d = np.abs(adv.astype(np.float64) - clean.astype(np.float64)).mean(axis=2)
-    changed = (d > 0).astype(np.uint8)
-    if not changed.any():
-        return None
-    closed = cv2.morphologyEx(changed, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
-    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    region = np.zeros_like(closed)
-    cv2.drawContours(region, contours, -1, 1, thickness=-1)
-    inner = cv2.erode(region, np.ones((2 * band + 1, 2 * band + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0)
-    ring = (region > 0) & (inner == 0)
-    return float(d[ring].mean()) if ring.any() else None
-
-
 def run_setting(name: str, inputs: list[Path], dlib_lm: Any, fmt: str) -> dict[str, Any]:
     from lbcore.apps.protection import ProtectOptions, protect
     from lbcore.io import read_image
@@ -112,7 +95,7 @@ def run_setting(name: str, inputs: list[Path], dlib_lm: Any, fmt: str) -> dict[s
                 continue
             clean = read_image(rec["input"]).rgb
             adv = read_image(rec["output"]).rgb
-            e = edge_band(clean, adv)
+            e = edge_band(clean, adv)  # lbcore.metrics
             if e is not None:
                 edges.append(e)
             sizes.append(rec["bytes"] / rec["input_bytes"])

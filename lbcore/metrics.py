@@ -64,6 +64,7 @@ __all__ = [
     "box_matrix",
     "resample",
     "crop_ssim",
+    "edge_band",
 ]
 
 FAILURE_THRESHOLDS: tuple[float, float] = (0.08, 0.10)
@@ -570,3 +571,29 @@ def crop_ssim(original: Any, other: Any, matrix: np.ndarray, size: int = FACE_SS
     if total <= 0:
         raise InputError("crop_ssim: the weights are zero everywhere inside the crop")
     return float((s * w)[inner].sum() / total)
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+def edge_band(clean: Any, adv: Any, band: int = 4) -> float | None:
+    """Mean absolute change (grey levels, averaged over channels) in the outermost ``band`` pixels
+    of the filled region where anything changed: a hard-edged perturbation shows here. None when
+    nothing changed."""
+    import cv2
+
+    a, b = _as_image(clean, "clean"), _as_image(adv, "adversarial")
+    if a.shape != b.shape:
+        raise InputError(f"edge_band: image shapes differ: {a.shape} vs {b.shape}")
+    d = np.abs(b - a).mean(axis=2)
+    changed = (d > 0).astype(np.uint8)
+    if not changed.any():
+        return None
+    closed = cv2.morphologyEx(changed, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    region = np.zeros_like(closed)
+    cv2.drawContours(region, contours, -1, 1, thickness=-1)
+    inner = cv2.erode(region, np.ones((2 * band + 1, 2 * band + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0)
+    ring = (region > 0) & (inner == 0)
+    return float(d[ring].mean()) if ring.any() else None

@@ -288,3 +288,18 @@ def test_ssim_on_a_real_face_with_a_budget_15_perturbation(shared):
     assert mean_in_mask < 0.6  # +-15 sign noise is very visible to SSIM on smooth skin
     assert mask_ssim(img, adv, hull_mask(img.shape, pts), "mask-mean") < 0.6
     assert 24 < psnr(img, adv, box) < 26  # 10 log10(255^2 / 15^2) = 24.6 dB; clipping only raises it
+
+
+def test_edge_band_sees_a_hard_edge_and_not_a_faded_one():
+    from lbcore.metrics import edge_band
+
+    clean = np.full((64, 64, 3), 100.0)
+    hard = clean.copy()
+    hard[16:48, 16:48] += 6  # a square changed by 6 grey levels, edge included
+    assert edge_band(clean, hard) == pytest.approx(6.0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    fade = np.clip(1 - np.hypot(yy - 32, xx - 32) / 20, 0, None)  # 6 at the centre, 0 at radius 20
+    soft = clean + 6 * fade[..., None]
+    band = edge_band(clean, soft)
+    assert band is not None and band < 1.0
+    assert edge_band(clean, clean) is None

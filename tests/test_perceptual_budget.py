@@ -8,6 +8,7 @@ import torch
 
 from lbcore.attacks import AttackConfig
 from lbcore.engine import attack
+from lbcore.metrics import edge_band
 from lbcore.types import Faces
 
 
@@ -41,24 +42,6 @@ def test_luma_weight_scales_each_step_not_the_whole_change(ext):
     assert float((adv0 - x).mean(1).abs().max()) <= 0.5 + 1e-6
 
 
-def _edge_band(clean: np.ndarray, adv: np.ndarray, band: int = 4) -> float:
-    """Mean |change| (grey levels) in the outermost ``band`` pixels of the filled region where
-    anything changed (as ``benchmarks/quality_curve.py`` measures it)."""
-    import cv2
-
-    d = np.abs(adv.astype(np.float64) - clean.astype(np.float64)).mean(axis=2)
-    changed = (d > 0).astype(np.uint8)
-    assert changed.any()
-    closed = cv2.morphologyEx(changed, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
-    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    region = np.zeros_like(closed)
-    cv2.drawContours(region, contours, -1, 1, thickness=-1)
-    inner = cv2.erode(region, np.ones((2 * band + 1, 2 * band + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0)
-    ring = (region > 0) & (inner == 0)
-    return float(d[ring].mean())
-
-
 def test_video_output_has_no_edge(tiny_plugin, tmp_path):
     """A protected video (lossless FFV1) goes through the same soft face mask as photos: in
     every frame the outermost 4 pixels of the changed region move by under one grey level on
@@ -82,7 +65,8 @@ def test_video_output_has_no_edge(tiny_plugin, tmp_path):
         d = np.abs(adv.astype(int) - clean.astype(int)).max(axis=2)
         assert d.max() > 0
         assert d[:, :16].max() == 0 and d[:, -16:].max() == 0  # the ellipse is 1.3x the box
-        assert _edge_band(clean, adv) < 1.0
+        band = edge_band(clean, adv)
+        assert band is not None and band < 1.0
 
 
 def test_l2_update_rule_anneals_its_step():
