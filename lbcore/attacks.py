@@ -95,6 +95,11 @@ class AttackConfig:
             reference is recomputed in the jittered box); 0 is off.
         ti_rel: TI with the Gaussian's sigma this fraction of the width of each image's faces
             (the median box width); overrides ``ti_sigma`` when above 0.
+        coarse: optimise the perturbation on a coarse grid with this many cells across each
+            image's faces (cell = median face-box width / ``coarse``); the update rule steps on
+            the grid (the gradient reaches it through the upsampling), the grid is held in
+            ``[-eps, eps]``, and the image changes by its bilinear upsampling - the whole budget
+            at low frequencies, relative to the face. 0 (default) is off.
     """
 
     loss: str = "heatmap-cosine"
@@ -127,6 +132,7 @@ class AttackConfig:
     stop_every: int = 1
     box_jitter: float = 0.0
     ti_rel: float = 0.0
+    coarse: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -153,6 +159,8 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting stop_margin={cfg.stop_margin!r} must be in 1..100")
     if not isinstance(cfg.stop_every, int) or cfg.stop_every < 1:
         raise SpecError(f"attack setting stop_every={cfg.stop_every!r} must be an integer >= 1")
+    if not isinstance(cfg.coarse, int | float) or not math.isfinite(float(cfg.coarse)) or cfg.coarse < 0:
+        raise SpecError(f"attack setting coarse={cfg.coarse!r} must be a finite number >= 0 (0: off)")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

@@ -21,6 +21,13 @@ def landmark_displacement(temperature: float = 0.05) -> Any:
     return LandmarkDisplacementLoss(temperature=temperature)
 
 
+def shape_target(dx: float = 0.0, dy: float = 0.25, scale: float = 1.0, temperature: float = 0.05) -> Any:
+    """Targeted: pull every extractor's landmarks to one shared shape (the clean one moved by dx, dy of its size, scaled)."""
+    from lbcore.losses import ShapeTargetLoss
+
+    return ShapeTargetLoss(dx=dx, dy=dy, scale=scale, temperature=temperature)
+
+
 def fgsm() -> Any:
     """Base1: FGSM, a single signed-gradient step of size epsilon."""
     from lbcore.optimizers import FGSM
@@ -125,6 +132,7 @@ def auto_detector() -> Any:
 def register_losses(register: Register) -> None:
     register("heatmap-cosine", heatmap_cosine)
     register("landmark-displacement", landmark_displacement)
+    register("shape-target", shape_target)
 
 
 @hookimpl

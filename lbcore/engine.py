@@ -353,6 +353,42 @@ def _smooth_rel(g: torch.Tensor, faces: Faces, rel: float) -> torch.Tensor:
     return out
 
 
+class _Coarse:
+    """``coarse``: each image's perturbation lives on a grid ``cells`` cells across its faces
+    (cell = median face-box width / ``cells``, at least one pixel); the image is the clean one
+    plus the grid's bilinear upsampling, which stays within the grid's ``[-eps, eps]``."""
+
+    def __init__(self, x: torch.Tensor, faces: Faces, cells: float, eps: float) -> None:
+        self.x = x
+        self.eps = eps
+        widths = (faces.boxes[:, 2] - faces.boxes[:, 0]).float()
+        h, w = x.shape[-2:]
+        self.grids: list[torch.Tensor] = []
+        for i in range(x.shape[0]):
+            fw = widths[faces.image_index == i]
+            cell = max(1.0, float(fw.median()) / cells) if fw.numel() else 1.0
+            size = (max(1, math.ceil(h / cell)), max(1, math.ceil(w / cell)))
+            self.grids.append(torch.zeros(1, x.shape[1], *size, device=x.device, dtype=torch.float32))
+        self.states: dict[int, list[dict[str, Any]]] = {}
+
+    def up(self, d: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(d, size=self.x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def step(self, rule: UpdateRule, grad: torch.Tensor) -> torch.Tensor:
+        """One update of every grid by ``rule`` on the gradient pulled back through the
+        upsampling; returns the new images (before the engine's clipping and projection)."""
+        states = self.states.setdefault(id(rule), [rule.init_state(d) for d in self.grids])
+        out = []
+        for i, d in enumerate(self.grids):
+            with torch.enable_grad():
+                dv = d.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.up(dv), dv, grad_outputs=grad[i:i + 1].float())
+            nd = rule.step(d, g, states[i], self.eps).clamp(-self.eps, self.eps)
+            self.grids[i] = nd
+            out.append(self.x[i:i + 1] + self.up(nd).to(self.x.dtype))
+        return torch.cat(out)
+
+
 def _jitter_boxes(boxes: torch.Tensor, j: float, gen: torch.Generator) -> torch.Tensor:
     """``box_jitter``: every box scaled by a factor in ``[1 - j, 1 + j]`` about its centre and
     shifted by up to ``j / 2`` of its width and height."""
@@ -487,6 +523,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         # a face the stop rule ends before its first backward keeps the start it was given
         touched |= (x_adv != x) if weight is None else (x_adv != x) & (weight > 0)
     variance = torch.zeros_like(x) if config.vt_samples > 0 else None
+    coarse = _Coarse(x, faces, float(config.coarse), eps) if config.coarse > 0 else None
 
     for t in range(steps):
         # (only the stop rule ends images early; reading `active` would stall a GPU every step)
@@ -514,7 +551,10 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
             grad = _smooth(grad, float(config.ti_sigma))
         use_mix = mix_rule is not None and t % 2 == 1
         with torch.no_grad():
-            if use_mix:
+            if coarse is not None:
+                assert mix_rule is not None or not use_mix
+                cand = coarse.step(mix_rule if use_mix and mix_rule is not None else rule, grad)
+            elif use_mix:
                 assert mix_rule is not None
                 cand = mix_rule.step(x_adv, grad, mix_state, eps)
             else:

@@ -7,7 +7,7 @@ import torch
 from lbcore.extractor import apply_affine, soft_argmax
 from lbcore.types import ExtractorOutput
 
-__all__ = ["heatmap_cosine_loss", "HeatmapCosineLoss", "LandmarkDisplacementLoss"]
+__all__ = ["heatmap_cosine_loss", "HeatmapCosineLoss", "LandmarkDisplacementLoss", "ShapeTargetLoss"]
 
 
 def heatmap_cosine_loss(clean: torch.Tensor, adv: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -61,3 +61,24 @@ class LandmarkDisplacementLoss:
         c = _coords(clean, self.temperature).detach()
         a = _coords(adv, self.temperature)
         return -(a - c).norm(dim=-1).mean(dim=-1)
+
+
+class ShapeTargetLoss:
+    """Targeted: the mean distance between the adversarial landmarks and one shared target shape.
+
+    The target is the clean shape scaled by ``scale`` about its centre and moved by ``(dx, dy)``
+    times its size (the larger side of its bounding box), so every extractor in an ensemble is
+    pushed the same way, whatever its points; the distance is divided by that size.
+    """
+
+    def __init__(self, dx: float = 0.0, dy: float = 0.25, scale: float = 1.0, temperature: float = 0.05) -> None:
+        self.dx, self.dy, self.scale, self.temperature = dx, dy, scale, temperature
+
+    def __call__(self, clean: ExtractorOutput, adv: ExtractorOutput) -> torch.Tensor:
+        c = _coords(clean, self.temperature).detach()
+        a = _coords(adv, self.temperature)
+        centre = c.mean(dim=1, keepdim=True)
+        size = (c.amax(dim=1) - c.amin(dim=1)).amax(dim=-1).clamp_min(1e-6)  # (F,)
+        shift = torch.tensor([self.dx, self.dy], dtype=c.dtype, device=c.device)
+        target = centre + (c - centre) * self.scale + shift * size.view(-1, 1, 1)
+        return (a - target).norm(dim=-1).mean(dim=-1) / size

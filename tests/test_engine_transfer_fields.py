@@ -1,13 +1,14 @@
-"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel."""
+"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel, coarse; the shape-target loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lbcore.engine import _jitter_boxes, _smooth_rel, attack, preset
+from lbcore.engine import _Coarse, _jitter_boxes, _smooth_rel, attack, preset
+from lbcore.losses import ShapeTargetLoss
 from lbcore.testing import sample_batch
-from lbcore.types import Faces
+from lbcore.types import ExtractorOutput, Faces
 
 
 @pytest.fixture
@@ -63,3 +64,49 @@ def test_ti_rel_attack_lowers_loss(tiny_extractor, batch):
     images, faces = batch
     res = attack(images, faces, tiny_extractor, preset("lb", ti_rel=0.05))
     assert bool((res.final_loss < res.clean_loss - 0.05).all()), res.final_loss
+
+
+def test_coarse_grid_follows_face_size_and_stays_in_budget():
+    x = torch.full((2, 3, 64, 64), 100.0)
+    faces = Faces(torch.tensor([[20.0, 20.0, 36.0, 36.0], [0.0, 0.0, 64.0, 64.0]]), torch.tensor([0, 1]))
+    c = _Coarse(x, faces, 8, 15.0)  # cells of 2 and 8 pixels
+    assert [tuple(g.shape[-2:]) for g in c.grids] == [(32, 32), (8, 8)]
+    from lbcore.optimizers import MomentumIterativeFGSM
+
+    rule = MomentumIterativeFGSM(alpha=4.0)
+    g = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for _ in range(10):
+        out = c.step(rule, g)
+    d = out - x
+    assert float(d.abs().max()) <= 15 + 1e-4
+    assert float(d.abs().max()) > 14  # the grid saturates: the whole budget is used
+    # image 1's change is smooth: neighbouring pixels differ far less than the budget
+    assert float((d[1, :, :, 1:] - d[1, :, :, :-1]).abs().max()) < 8
+    assert float(d[0].abs().mean()) > 0 and c.grids[0].abs().max() <= 15
+
+
+def test_coarse_attack_lowers_loss_and_is_smooth(tiny_extractor, batch):
+    images, faces = batch
+    images = images.round()  # (8-bit input: the output's rounding adds no pixel-level noise)
+    res = attack(images, faces, tiny_extractor, preset("lb", coarse=8))
+    plain = attack(images, faces, tiny_extractor, preset("lb"))
+    # (the tiny random network moves little under any smooth change: plain lb lowers it 10 -> 8.0, 5 -> 4.8)
+    assert bool((res.final_loss < res.clean_loss - 0.02).all()), res.final_loss
+    tv = lambda d: float((d[..., 1:] - d[..., :-1]).abs().mean())  # noqa: E731
+    assert tv(res.adversarial - images) < 0.5 * tv(plain.adversarial - images)
+    assert float((res.adversarial - images).abs().max()) <= 15
+
+
+def test_shape_target_loss_is_zero_at_the_target():
+    c = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [10.0, 20.0], [0.0, 20.0]]])
+    loss = ShapeTargetLoss(dx=0.1, dy=0.25, scale=0.5)
+    target = torch.tensor([[[2.5, 5.0], [7.5, 5.0], [7.5, 15.0], [2.5, 15.0]]]) + torch.tensor([2.0, 5.0])
+    assert float(loss(ExtractorOutput(landmarks=c), ExtractorOutput(landmarks=target))) < 1e-6
+    assert float(loss(ExtractorOutput(landmarks=c), ExtractorOutput(landmarks=c))) > 0.1
+
+
+def test_shape_target_attack_pulls_towards_the_target(tiny_extractor, batch):
+    images, faces = batch
+    # (a soft soft-argmax: the tiny random network's heat-maps are flat, its hard argmax jumps)
+    res = attack(images, faces, tiny_extractor, preset("lb", loss="shape-target:dy=0.3,temperature=0.2"))
+    assert bool((res.final_loss < res.clean_loss - 0.01).all()), (res.clean_loss, res.final_loss)
