@@ -35,6 +35,9 @@ VARIANTS: dict[str, tuple[str, object]] = {
     "luma3-eot75": ("lb:luma_weight=3", "diffjpeg:quality=75"),
     "steps60": ("lb:steps=60", False),
     "loss": ("lb:balance=loss", False),
+    "target": ("lb:loss=shape-target", False),
+    "c32": ("lb:coarse=32", False),
+    "c64": ("lb:coarse=64", False),
 }
 
 

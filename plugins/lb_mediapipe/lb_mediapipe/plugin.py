@@ -63,11 +63,10 @@ BLAZEFACE_WEIGHTS = WeightsFile(
                       member="face_detection/face_detection_short_range.tflite"),
 )
 
-# not (yet) in the default ensemble of `lb protect`: attacking the plain mesh barely moves this one
-# (held out, median NME 0.06 on faces68), but it costs about 1.5x the plain mesh and, as a third
-# member, it cut the paper preset's mean NME over the members from above 0.5 to 0.41 on the test
-# photos; name it (--extractor mediapipe-attention) where the face-swap tool runs refined meshes
-DEFAULT_ATTENTION = False
+# in the default ensemble of `lb protect`: attacking the plain mesh barely moves this one (held
+# out, median NME 0.02 at the medium strength on 11 faces), and it is what FaceMesh(refine_landmarks=True)
+# and the Face Landmarker run; as a third member it cost 19 % more time per photo (README)
+DEFAULT_ATTENTION = True
 
 _verified: set[tuple[str, int, int]] = set()
 
