@@ -170,3 +170,56 @@ def test_the_page_names_the_models_in_plain_words():
     assert text.startswith("Protected against 2D-FAN4") and "FaceFusion" in text and "demonstration" in text
     assert protected_against(["mediapipe"]) == "Protected against the landmark model mediapipe."
     assert protected_against([]) == ""
+
+
+# ------------------------------------------------------------------ held-out columns (--held-out)
+
+class _Comp:
+    def __init__(self, **metadata):
+        self.metadata = metadata
+
+
+class _PM:
+    """A plugin manager with three extractors: two registered for measuring, one that cannot build."""
+
+    def __init__(self, broken=("gone",)):
+        self.comps = {"net": _Comp(), "real": _Comp(default=False, measure=True), "gone": _Comp(measure=True)}
+        self.broken = set(broken)
+        self.built = []
+
+    def components(self, kind):
+        assert kind == "extractors"
+        return self.comps
+
+    def build(self, kind, spec):
+        from lbcore.errors import WeightsError
+
+        if spec.split(":")[0] in self.broken:
+            raise WeightsError(f"{spec}: model file missing\nsecond line")
+        self.built.append(spec)
+        return f"<{spec}>"
+
+
+def test_held_out_auto_measures_registered_models_not_attacked():
+    from lbcore.apps.protection import ProtectOptions, held_out_extractors
+
+    pm, notes = _PM(), []
+    assert ProtectOptions().held_out == ("auto",)
+    got = held_out_extractors(pm, ProtectOptions(), notes)
+    assert got == {"real": "<real>"}
+    assert notes == ["held-out gone left out of the report: gone: model file missing"]
+    # an extractor that is attacked is not also held out
+    assert held_out_extractors(_PM(), ProtectOptions(extractors=("real:x=1",)), []) == {}
+
+
+def test_held_out_none_and_explicit_specs():
+    from lbcore.apps.protection import ProtectOptions, held_out_extractors
+    from lbcore.errors import SpecError, WeightsError
+
+    assert held_out_extractors(_PM(), ProtectOptions(held_out=("none",)), []) == {}
+    assert held_out_extractors(_PM(), ProtectOptions(held_out=()), []) == {"real": "<real>"}  # as auto
+    assert held_out_extractors(_PM(), ProtectOptions(held_out=("net", "real")), []) == {"net": "<net>", "real": "<real>"}
+    with pytest.raises(WeightsError):  # a named one must build
+        held_out_extractors(_PM(), ProtectOptions(held_out=("gone",)), [])
+    with pytest.raises(SpecError, match="stand alone"):
+        held_out_extractors(_PM(), ProtectOptions(held_out=("auto", "net")), [])

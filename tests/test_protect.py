@@ -326,3 +326,16 @@ def test_detect_every_runs_the_detector_on_fewer_frames(clip, tmp_path, monkeypa
     assert len(seen) == 3  # frames 0 and 3 (every 3rd; 3 also ends batch 1), 5 (ends batch 2)
     assert rep["frames"] == 6 == probe_video(tmp_path / "api" / "clip.mkv").frame_count
     assert rep["status"] == "protected" and rep["faces_protected"] >= 1
+
+
+def test_default_report_measures_held_out_models(photo_run):
+    """--held-out auto: dlib's 68-point predictor (lb-dlib) and MTCNN's ONet (lb-onnx), never attacked,
+    are measured on every face, so the report says whether the protection reaches them."""
+    pytest.importorskip("lb_dlib")
+    _, _, _, report, _ = photo_run
+    assert "dlib68" in report["settings"]["held_out"], (report["settings"]["held_out"], report["notes"])
+    for r in report["files"]:
+        for f in r.get("faces", []):
+            e = f["extractors"]["dlib68"]
+            assert e["attacked"] is False and e["nme"] is not None
+            assert set(e["after_compression"]) == {"jpeg:quality=75", "jpeg:quality=50", "c2"}

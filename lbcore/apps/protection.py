@@ -24,7 +24,8 @@ import numpy as np
 
 from lbcore.errors import InputError, LBError, SpecError
 
-__all__ = ["STRENGTHS", "Member", "ProtectOptions", "protect", "default_extractor_specs", "plan_default_ensemble"]
+__all__ = ["STRENGTHS", "Member", "ProtectOptions", "protect", "default_extractor_specs", "held_out_extractors",
+           "plan_default_ensemble"]
 
 _PERCEPTUAL = {"optimizer": "mifgsm-l2:alpha=1,decay=0.5", "mask": "face", "texture": 0.5, "steps": 30}
 STRENGTHS: dict[str, dict[str, Any]] = {
@@ -58,7 +59,7 @@ class ProtectOptions:
     """Settings of a protect run (see ``lb protect --help``)."""
 
     extractors: tuple[str, ...] = ()
-    held_out: tuple[str, ...] = ()
+    held_out: tuple[str, ...] = ("auto",)
     attack: str = "lb"
     strength: str = "medium"
     eps: float | None = None
@@ -126,6 +127,36 @@ def strength_settings(options: ProtectOptions) -> dict[str, Any]:
         out["eps"] = float(options.eps)
     if options.steps is not None:
         out["steps"] = int(options.steps)
+    return out
+
+
+def held_out_extractors(pm: Any, options: ProtectOptions, notes: list[str]) -> dict[str, Any]:
+    """The extractors the report measures without attacking them (``--held-out``).
+
+    ``auto`` (the default, also when empty): every installed extractor registered with ``measure=True`` (real
+    models cheap to run, such as dlib's 68-point predictor) that is not attacked; one that cannot
+    be built is left out with a note. ``none``: no held-out column. Anything else: those specs,
+    which must build.
+    """
+    from lbcore.errors import LBError
+    from lbcore.spec import parse_spec
+
+    requested = tuple(options.held_out) or ("auto",)
+    if requested == ("none",):
+        return {}
+    if requested != ("auto",):
+        if "auto" in requested or "none" in requested:
+            raise SpecError("--held-out auto and none stand alone (not beside extractor specs)")
+        return {s: pm.build("extractors", s) for s in requested}
+    attacked = {parse_spec(s)[0] for s in options.extractors}
+    out: dict[str, Any] = {}
+    for name, comp in pm.components("extractors").items():
+        if not comp.metadata.get("measure") or name in attacked:
+            continue
+        try:
+            out[name] = pm.build("extractors", name)
+        except (LBError, OSError, ImportError, RuntimeError, ValueError) as e:
+            notes.append(f"held-out {name} left out of the report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return out
 
 
@@ -364,7 +395,7 @@ class _Run:
         self.device = resolve_device(options.device)
         # the fast path on GPUs (bf16 autocast, NHWC); fp32 on the CPU unless asked (--amp bf16)
         self.performance = performance_for(self.device, options.amp, options.compile)
-        self.held = {s: self.pm.build("extractors", s) for s in options.held_out}
+        self.held = held_out_extractors(self.pm, options, self.notes)
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()
         check_output_options(options)

@@ -74,15 +74,17 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--extractor", "extractors", multiple=True, metavar="SPEC",
               help="Extractor to attack (repeatable). Default: every installed extractor with weights.")
 @click.option("--held-out", "held_out", multiple=True, metavar="SPEC",
-              help="Extractor measured in the report but not attacked (tests transfer).")
+              help="Extractor measured in the report but not attacked (repeatable; tests transfer). Default "
+                   "auto: the installed real models registered for it (dlib68 with lb-dlib); none: no such column.")
 @click.option("--attack", "attack_name", default="lb", show_default=True, metavar="SPEC",
               help="Attack: a registered name with optional keys (lb, base1, base2, lbtrans, lbmix, lb:steps=30; "
                    "see `lb list attacks`).")
 @click.option("--strength", default="medium", show_default=True,
               type=click.Choice(["low", "medium", "high", "paper"]),
               help="What people may see, as a floor on similarity inside every face box: low SSIM 0.98 / "
-                   "PSNR 42 dB, medium 0.95 / 38 dB, high 0.90 / 34 dB (soft face mask, change hidden in "
-                   "texture); paper: the paper's L-inf 15, 20 steps, no perceptual budget (visible).")
+                   "PSNR 42 dB, medium 0.95 / 38 dB, high SSIM 0.90 (no PSNR floor, L-inf cap 24) (soft face "
+                   "mask, change hidden in texture); paper: the paper's L-inf 15, 20 steps, no perceptual "
+                   "budget (visible).")
 @click.option("--eps", type=float, default=None,
               help="Research: override the strength's L-inf cap (0..255, finite, >= 0).")
 @click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Override the strength's iteration count.")
@@ -176,7 +178,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
     if not paths:
         raise SpecError("give at least one input (image, folder or video), or --example")
     options = ProtectOptions(
-        extractors=extractors, held_out=held_out, attack=attack_name, strength=strength, eps=eps,
+        extractors=extractors, held_out=held_out or ("auto",), attack=attack_name, strength=strength, eps=eps,
         steps=steps, format=fmt, quality=quality, robust=robust, device=device, detector=detector,
         boxes=tuple(parse_box(b) for b in boxes), min_face=min_face, threshold=threshold, codec=codec,
         crf=crf, force=force, preview=preview, batch_size=batch_size, photo_batch=photo_batch, seed=seed,

@@ -59,6 +59,7 @@ def register_losses(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_extractors(register: Callable[..., None]) -> None:
-    # default=False: query-based and slow, so `lb protect` uses it only when named (--extractor dlib68)
-    register("dlib68", dlib68, default=False,
+    # default=False: query-based and slow, so `lb protect` attacks it only when named (--extractor
+    # dlib68); measure=True: its report measures it, not attacked, by default (--held-out auto)
+    register("dlib68", dlib68, default=False, measure=True,
              summary="dlib's 68-point shape predictor (regression trees; soft-tree surrogate or NES-from-queries gradient)")

@@ -192,5 +192,6 @@ def register_extractors(register: Callable[..., None]) -> None:
     register("2dfan4-onnx", _named("2dfan4"), weights=[WEIGHTS["2dfan4"]])
     register("peppa-wutz", _named("peppa-wutz"), weights=[WEIGHTS["peppa-wutz"]])
     register("2d106det", _named("2d106det"), weights=[WEIGHTS["2d106det"]])
-    register("mtcnn-onet", mtcnn_onet, weights=[ONET_WEIGHTS], default=False)
+    # measured (not attacked) in lb protect's report by default (--held-out auto)
+    register("mtcnn-onet", mtcnn_onet, weights=[ONET_WEIGHTS], default=False, measure=True)
     register("mtcnn-onet-onnx", _named("mtcnn-onet-onnx"), weights=[WEIGHTS["mtcnn-onet-onnx"]], default=False)
