@@ -238,6 +238,9 @@ def test_run_bench_rows_and_targets(tiny_plugin):
         assert r["loss_engine"] == pytest.approx(r["loss_baseline"], abs=0.3)
         assert r["loss_engine"] < 4.999 and r["loss_baseline"] < 4.999  # K=5 at the clean image
     assert [r["steps"] for r in res["rows"]] == [3, 3, 1, 1]
+    # one forward+backward per step and face, as the per-image baseline (no stop rule here)
+    assert [r["passes_per_face"] for r in res["rows"]] == [3, 3, 1, 1]
+    assert [r["baseline_passes_per_face"] for r in res["rows"]] == [3, 3, 1, 1]
     assert res["rows"][2]["gflop_per_face"] < res["rows"][0]["gflop_per_face"]
     lines = format_table(res)
     assert lines[0].startswith("device: cpu") and any("speedup >= 3x" in ln for ln in lines)

@@ -422,6 +422,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                 row = {
                     "extractor": spec, "attack": name, "batch": b, "steps": steps, "amp": amp,
                     "faces_per_s": round(fps, 4),
+                    # forward+backward passes through the extractor per face (the stop rule spends fewer)
+                    "passes_per_face": round(float(res.passes[:b].float().mean()), 2),
+                    "baseline_passes_per_face": None if base_fps is None else steps,
                     "baseline_faces_per_s": None if base_fps is None else round(base_fps, 4),
                     "speedup": None if base_fps is None else round(fps / base_fps, 2),
                     "peak_mem_mb": round(mem.peak_mb, 1),
@@ -517,14 +520,15 @@ def format_table(result: dict[str, Any]) -> list[str]:
     lines = [f"device: {result['device']}; torch {result['torch']}; load average "
              f"{', '.join(f'{v:.2f}' for v in result['load_average'] or [])}",
              f"peak: {result['peak_tflops']} TFLOP/s ({result['peak_source']})",
-             f"{'extractor':34s} {'attack':7s} {'batch':>5s} {'faces/s':>9s} {'baseline':>9s} {'speedup':>24s} "
+             f"{'extractor':34s} {'attack':7s} {'batch':>5s} {'passes':>6s} {'faces/s':>9s} {'baseline':>9s} {'speedup':>24s} "
              f"{'mem MB':>8s} {'TFLOP/s':>8s} {'util':>6s}"]
     for r in result["rows"]:
         base = "-" if r["baseline_faces_per_s"] is None else f"{r['baseline_faces_per_s']:.3f}"
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         if r.get("speedup_cpu") is not None:
             speed += f" ({r['speedup_cpu']:.2f}x cpu-time)"
-        lines.append(f"{r['extractor'][:34]:34s} {r['attack']:7s} {r['batch']:5d} {r['faces_per_s']:9.3f} {base:>9s} "
+        passes = "-" if r.get("passes_per_face") is None else f"{r['passes_per_face']:.1f}"
+        lines.append(f"{r['extractor'][:34]:34s} {r['attack']:7s} {r['batch']:5d} {passes:>6s} {r['faces_per_s']:9.3f} {base:>9s} "
                      f"{speed:>24s} {r['peak_mem_mb']:8.1f} {r['tflops']:8.4f} {100 * r['flop_utilisation']:5.1f}%")
     lines.append("targets: " + "; ".join(result["targets"]))
     lines += [f"  {line}" for line in result.get("target_checks", [])]
