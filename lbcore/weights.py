@@ -12,10 +12,11 @@ of inert stand-in classes for legacy pickles that hold harmless objects (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lbcore.errors import WeightsError
 
 __all__ = [
     "WeightsFile",
+    "seeded_init",
     "cache_dir",
     "resolve_weights",
     "load_checkpoint",
@@ -354,3 +356,16 @@ def download(entry: WeightsFile, dest_dir: str | os.PathLike[str], *, progress: 
             raise WeightsError(f"{entry.url}: sha256 {digest} does not match the expected {entry.sha256}; file removed")
     os.replace(part, final)
     return final
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = 0) -> Iterator[None]:
+    """Build a network inside this block: its random initialisation comes from ``seed``, and the
+    caller's random state is left as it was. A ``weights=none`` spec then names one network
+    (the same in every process and every call), so runs that compare settings compare them on the
+    same random model."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -207,3 +207,20 @@ def test_choose_weights_is_every_plugins_rule(tmp_path, monkeypatch):
     (tmp_path / "big.pth").write_bytes(b"y")
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         choose_weights("auto", fits=lambda e: e.name in ("big", "small"), verify=refuse, **kw)
+
+
+def test_seeded_init_names_one_network_and_keeps_the_callers_random_state():
+    import torch
+
+    from lbcore.weights import seeded_init
+
+    torch.manual_seed(123)
+    with seeded_init(0):
+        a = torch.nn.Linear(4, 4)
+    after = torch.rand(3)
+    torch.manual_seed(999)
+    with seeded_init(0):
+        b = torch.nn.Linear(4, 4)
+    torch.manual_seed(123)
+    assert torch.equal(a.weight, b.weight)  # the same network whatever ran before
+    assert torch.equal(after, torch.rand(3))  # the caller's stream did not move

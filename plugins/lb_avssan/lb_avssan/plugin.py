@@ -78,7 +78,7 @@ def avssan(
     from lb_avssan.checkpoint import load_avssan_checkpoint
     from lb_avssan.extractor import AVSSANExtractor
     from lb_avssan.model import ITNCPM
-    from lbcore.weights import choose_weights, load_state_dict_strict
+    from lbcore.weights import choose_weights, load_state_dict_strict, seeded_init
 
     if width_div < 1:
         raise SpecError(f"avssan: width_div must be >= 1, got {width_div}")
@@ -87,7 +87,8 @@ def avssan(
         fits=lambda e: fits(e, width_div),
         no_fit=f"avssan: no weights for width_div={width_div} (the published {PUBLISHED_WEIGHTS.filename} "
                f"is full width); pass weights=PATH or weights=none for a random network")
-    net = ITNCPM(width_div=width_div)
+    with seeded_init(0):  # weights=none: one network, whatever ran before
+        net = ITNCPM(width_div=width_div)
     config = None
     if path is not None:
         state_dict, config = load_avssan_checkpoint(path)

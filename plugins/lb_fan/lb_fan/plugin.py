@@ -168,16 +168,18 @@ def fan(
     path = resolve_fan_weights(weights, modules, landmarks, width, resolution)
 
     from lb_fan.extractor import FANExtractor
+    from lbcore.weights import seeded_init
 
-    extractor = FANExtractor(
-        num_modules=modules,
-        num_landmarks=landmarks,
-        width=width,
-        all_stacks=all_stacks,
-        truncate=truncate,
-        normalise=normalise,
-        resolution=resolution,
-    )
+    with seeded_init(0):  # weights=none: one network, whatever ran before
+        extractor = FANExtractor(
+            num_modules=modules,
+            num_landmarks=landmarks,
+            width=width,
+            all_stacks=all_stacks,
+            truncate=truncate,
+            normalise=normalise,
+            resolution=resolution,
+        )
     if path is not None:
         extractor.load_weights(os.fspath(path))
     return extractor.eval()

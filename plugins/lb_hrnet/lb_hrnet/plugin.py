@@ -75,6 +75,7 @@ def hrnet(landmarks: int = 98, weights: str = "auto", width: int = 18, truncate:
         extract_state_dict,
         load_checkpoint,
         load_state_dict_strict,
+        seeded_init,
     )
 
     path = choose_weights(
@@ -83,7 +84,8 @@ def hrnet(landmarks: int = 98, weights: str = "auto", width: int = 18, truncate:
         no_fit=f"hrnet: no weights for width={width}, landmarks={landmarks} (the published "
                f"{PUBLISHED_WEIGHTS.filename} fits width=18, landmarks=98); pass weights=PATH or "
                f"weights=none for a random network")
-    network = HighResolutionNet(width=width, landmarks=landmarks)
+    with seeded_init(0):  # weights=none: one network, whatever ran before
+        network = HighResolutionNet(width=width, landmarks=landmarks)
     if path is not None:
         state = extract_state_dict(load_checkpoint(path), path)
         load_state_dict_strict(network, state, path)
