@@ -209,6 +209,15 @@ def test_dlib_xml_errors_name_file_and_line(tmp_path, old, new, line, message):
     assert str(info.value).startswith(f"{f}:{line}: "), str(info.value)
 
 
+def test_dlib_xml_unknown_encoding_is_one_line(tmp_path):
+    # (found by the mutation property test: a declaration naming an encoding Python does not know)
+    f = tmp_path / "faces.xml"
+    f.write_text("<?xml version='1.0' encoding='SO-8859-1'?>\n<dataset><images></images></dataset>\n")
+    with pytest.raises(InputError, match="unknown encoding") as info:
+        load_annotations(f)
+    assert str(info.value).startswith(f"{f}:1: malformed XML"), str(info.value)
+
+
 def test_dlib_xml_refuses_entities(tmp_path):
     bomb = (
         "<?xml version='1.0'?>\n"

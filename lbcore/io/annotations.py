@@ -484,6 +484,8 @@ def read_dlib_xml(path: str | os.PathLike[str]) -> list[FaceRecord]:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as err:
         raise _fail(p, err.lineno, f"malformed XML ({xml.parsers.expat.errors.messages[err.code]})") from None
+    except LookupError as err:  # the XML declaration names an encoding Python does not know
+        raise _fail(p, 1, f"malformed XML ({err})") from None
     return records
 
 
