@@ -75,7 +75,7 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Extractor to attack (repeatable). Default: every installed extractor with weights.")
 @click.option("--held-out", "held_out", multiple=True, metavar="SPEC",
               help="Extractor measured in the report but not attacked (repeatable; tests transfer). Default "
-                   "auto: the installed real models registered for it (dlib68 with lb-dlib); none: no such column.")
+                   "auto: the installed real models registered for it (dlib68 with lb-dlib, mtcnn-onet with lb-onnx); none: no such column.")
 @click.option("--attack", "attack_name", default="lb", show_default=True, metavar="SPEC",
               help="Attack: a registered name with optional keys (lb, base1, base2, lbtrans, lbmix, lb:steps=30; "
                    "see `lb list attacks`).")
