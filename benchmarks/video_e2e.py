@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--size", default="1280x720", help="WxH")
     ap.add_argument("--extractor", default="hrnet:weights=none")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8, help="video frames attacked together (lb protect's default: 8)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--codec", default="h264", choices=["ffv1", "h264"])
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
