@@ -342,14 +342,22 @@ def _smooth(g: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(g, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
 
 
+def _face_widths(faces: Faces, n_img: int) -> list[float | None]:
+    """The median face-box width of each image (None for an image without faces)."""
+    widths = (faces.boxes[:, 2] - faces.boxes[:, 0]).float()
+    out: list[float | None] = []
+    for i in range(n_img):
+        w = widths[faces.image_index == i]
+        out.append(float(w.median()) if w.numel() else None)
+    return out
+
+
 def _smooth_rel(g: torch.Tensor, faces: Faces, rel: float) -> torch.Tensor:
     """``ti_rel``: TI per image with sigma ``rel`` times the median width of its faces."""
     out = g.clone()
-    widths = (faces.boxes[:, 2] - faces.boxes[:, 0]).float()
-    for i in range(g.shape[0]):
-        w = widths[faces.image_index == i]
-        if w.numel():
-            out[i:i + 1] = _smooth(g[i:i + 1], max(0.3, rel * float(w.median())))
+    for i, w in enumerate(_face_widths(faces, g.shape[0])):
+        if w is not None:
+            out[i:i + 1] = _smooth(g[i:i + 1], max(0.3, rel * w))
     return out
 
 
@@ -361,12 +369,10 @@ class _Coarse:
     def __init__(self, x: torch.Tensor, faces: Faces, cells: float, eps: float) -> None:
         self.x = x
         self.eps = eps
-        widths = (faces.boxes[:, 2] - faces.boxes[:, 0]).float()
         h, w = x.shape[-2:]
         self.grids: list[torch.Tensor] = []
-        for i in range(x.shape[0]):
-            fw = widths[faces.image_index == i]
-            cell = max(1.0, float(fw.median()) / cells) if fw.numel() else 1.0
+        for fw in _face_widths(faces, x.shape[0]):
+            cell = max(1.0, fw / cells) if fw is not None else 1.0
             size = (max(1, math.ceil(h / cell)), max(1, math.ceil(w / cell)))
             self.grids.append(torch.zeros(1, x.shape[1], *size, device=x.device, dtype=torch.float32))
         self.states: dict[int, list[dict[str, Any]]] = {}
@@ -552,7 +558,6 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         use_mix = mix_rule is not None and t % 2 == 1
         with torch.no_grad():
             if coarse is not None:
-                assert mix_rule is not None or not use_mix
                 cand = coarse.step(mix_rule if use_mix and mix_rule is not None else rule, grad)
             elif use_mix:
                 assert mix_rule is not None

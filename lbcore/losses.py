@@ -74,11 +74,19 @@ class ShapeTargetLoss:
     def __init__(self, dx: float = 0.0, dy: float = 0.25, scale: float = 1.0, temperature: float = 0.05) -> None:
         self.dx, self.dy, self.scale, self.temperature = dx, dy, scale, temperature
 
+    def coords(self, out: ExtractorOutput) -> torch.Tensor:
+        """``(F, K, 2)`` landmark coordinates in image pixels (soft-argmax for heat-map models)."""
+        return _coords(out, self.temperature).float()
+
+    def size(self, clean: torch.Tensor) -> torch.Tensor:
+        """``(F,)`` the unit of the shift and the distance: the larger side of the clean shape's box."""
+        return (clean.amax(dim=1) - clean.amin(dim=1)).amax(dim=-1).clamp_min(1e-6)
+
     def __call__(self, clean: ExtractorOutput, adv: ExtractorOutput) -> torch.Tensor:
-        c = _coords(clean, self.temperature).detach()
-        a = _coords(adv, self.temperature)
+        c = self.coords(clean).detach()
+        a = self.coords(adv)
         centre = c.mean(dim=1, keepdim=True)
-        size = (c.amax(dim=1) - c.amin(dim=1)).amax(dim=-1).clamp_min(1e-6)  # (F,)
+        size = self.size(c)
         shift = torch.tensor([self.dx, self.dy], dtype=c.dtype, device=c.device)
         target = centre + (c - centre) * self.scale + shift * size.view(-1, 1, 1)
         return (a - target).norm(dim=-1).mean(dim=-1) / size

@@ -12,12 +12,13 @@ Those frames inherit nothing. :func:`warp` moves a perturbation along a planned 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 
-__all__ = ["FramePlan", "KeyFramePlanner", "dense_flow", "warp", "warp_numpy"]
+__all__ = ["FramePlan", "KeyFramePlanner", "box_iou", "dense_flow", "warp", "warp_numpy"]
 
 
 @attrs.define
@@ -99,7 +100,8 @@ def warp(delta: Any, flow: Any) -> Any:
     return F.grid_sample(delta.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _iou(p: list[float], q: list[float]) -> float:
+def box_iou(p: Sequence[float], q: Sequence[float]) -> float:
+    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes (0 for empty ones)."""
     ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
     iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
     inter = ix * iy
@@ -180,6 +182,6 @@ class KeyFramePlanner:
             x2, y2 = max(x1 + 1, min(w, int(np.ceil(b[2] * s)))), max(y1 + 1, min(h, int(np.ceil(b[3] * s))))
             dx, dy = (float(flow[k, y1:y2, x1:x2].mean()) / s for k in (0, 1))
             moved = [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy]
-            if not any(_iou(moved, k) >= self.min_iou for k in self.key_boxes):
+            if not any(box_iou(moved, k) >= self.min_iou for k in self.key_boxes):
                 return False
         return True

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from lbcore.apps.propagation import box_iou
 from lbcore.errors import InputError, LBError, SpecError
 
 __all__ = ["STRENGTHS", "Member", "ProtectOptions", "protect", "default_extractor_specs", "held_out_extractors",
@@ -138,7 +139,6 @@ def held_out_extractors(pm: Any, options: ProtectOptions, notes: list[str]) -> d
     be built is left out with a note. ``none``: no held-out column. Anything else: those specs,
     which must build.
     """
-    from lbcore.errors import LBError
     from lbcore.spec import parse_spec
 
     requested = tuple(options.held_out) or ("auto",)
@@ -1181,7 +1181,7 @@ def interpolate_boxes(keys: dict[int, list[list[float]]], n: int, min_iou: float
 
 def _match(a: list[list[float]], b: list[list[float]], min_iou: float) -> list[tuple[int, int]]:
     """Greedy one-to-one matching of boxes by IoU (highest first)."""
-    cand = sorted(((_iou(p, q), i, j) for i, p in enumerate(a) for j, q in enumerate(b)), reverse=True)
+    cand = sorted(((box_iou(p, q), i, j) for i, p in enumerate(a) for j, q in enumerate(b)), reverse=True)
     used_a: set[int] = set()
     used_b: set[int] = set()
     pairs = []
@@ -1192,14 +1192,6 @@ def _match(a: list[list[float]], b: list[list[float]], min_iou: float) -> list[t
         used_b.add(j)
         pairs.append((i, j))
     return pairs
-
-
-def _iou(p: list[float], q: list[float]) -> float:
-    ix = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
-    iy = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
-    inter = ix * iy
-    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _partial_path(out: Path, suffix: str = ".mkv") -> Path:

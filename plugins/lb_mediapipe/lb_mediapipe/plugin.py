@@ -95,6 +95,14 @@ def _resolve(weights: str | None, entry: WeightsFile, owner: str) -> Path:
     return path
 
 
+def _check_crop(name: str, scale: float, sigma: float) -> None:
+    """One-line :class:`SpecError` for a crop scale or heat-map width out of range."""
+    if not 0.5 <= scale <= 4.0:
+        raise SpecError(f"{name}: scale={scale} outside 0.5..4")
+    if sigma <= 0:
+        raise SpecError(f"{name}: sigma={sigma} must be positive")
+
+
 def mediapipe(weights: str = "auto", scale: float = 1.5, sigma: float = 12.0) -> Any:
     """MediaPipe Face Mesh (468 points, Apache-2.0) reduced to iBUG-68, differentiable (converted from TFLite).
 
@@ -108,10 +116,7 @@ def mediapipe(weights: str = "auto", scale: float = 1.5, sigma: float = 12.0) ->
     Returns:
         A :class:`~lb_mediapipe.extractor.FaceMeshExtractor` in eval mode.
     """
-    if not 0.5 <= scale <= 4.0:
-        raise SpecError(f"mediapipe: scale={scale} outside 0.5..4")
-    if sigma <= 0:
-        raise SpecError(f"mediapipe: sigma={sigma} must be positive")
+    _check_crop("mediapipe", scale, sigma)
     path = _resolve(weights, FACE_MESH_WEIGHTS, "mediapipe")
 
     from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
@@ -132,10 +137,7 @@ def mediapipe_attention(weights: str = "auto", scale: float = 1.5, sigma: float 
     Returns:
         An :class:`~lb_mediapipe.attention.AttentionMeshExtractor` in eval mode.
     """
-    if not 0.5 <= scale <= 4.0:
-        raise SpecError(f"mediapipe-attention: scale={scale} outside 0.5..4")
-    if sigma <= 0:
-        raise SpecError(f"mediapipe-attention: sigma={sigma} must be positive")
+    _check_crop("mediapipe-attention", scale, sigma)
     path = _resolve(weights, ATTENTION_MESH_WEIGHTS, "mediapipe-attention")
 
     from lb_mediapipe.attention import AttentionMeshExtractor, load_attention_mesh
