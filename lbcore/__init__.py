@@ -20,6 +20,7 @@ _LAZY = {
     "LandmarkScheme": "lbcore.types",
     "Faces": "lbcore.types",
     "ExtractorOutput": "lbcore.types",
+    "ConvOutput": "lbcore.extractor",
     "Extractor": "lbcore.extractor",
     "HeatmapExtractor": "lbcore.extractor",
     "affine_crop": "lbcore.extractor",

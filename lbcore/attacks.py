@@ -100,6 +100,11 @@ class AttackConfig:
             the grid (the gradient reaches it through the upsampling), the grid is held in
             ``[-eps, eps]``, and the image changes by its bilinear upsampling - the whole budget
             at low frequencies, relative to the face. 0 (default) is off.
+        ghost: ghost networks (Li et al., AAAI 2020): every attacked forward pass runs a
+            randomly eroded copy of each member - the output of every convolution is scaled per
+            channel by a factor drawn uniformly from ``[1 - ghost, 1 + ghost]``, redrawn for every
+            pass - so that each step attacks a different nearby network; the clean reference is
+            the unmodified member. 0 (default) is off.
     """
 
     loss: str = "heatmap-cosine"
@@ -133,6 +138,7 @@ class AttackConfig:
     box_jitter: float = 0.0
     ti_rel: float = 0.0
     coarse: float = 0.0
+    ghost: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -161,6 +167,8 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting stop_every={cfg.stop_every!r} must be an integer >= 1")
     if not isinstance(cfg.coarse, int | float) or not math.isfinite(float(cfg.coarse)) or cfg.coarse < 0:
         raise SpecError(f"attack setting coarse={cfg.coarse!r} must be a finite number >= 0 (0: off)")
+    if not isinstance(cfg.ghost, int | float) or not 0 <= float(cfg.ghost) < 1:
+        raise SpecError(f"attack setting ghost={cfg.ghost!r} must be in 0..1 (0: off)")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

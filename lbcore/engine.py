@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lbcore.attacks import AttackConfig, preset
 from lbcore.errors import SpecError
-from lbcore.extractor import Extractor
+from lbcore.extractor import Extractor, conv_outputs
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
@@ -292,6 +292,7 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
     if not 0.0 <= float(config.feature_mix) <= 1.0:
         raise SpecError(f"feature_mix {config.feature_mix} must be within 0..1")
     feats = _Features(exts, float(config.feature_depth)) if config.feature_mix > 0 else None
+    ghost = _Ghost(exts, float(config.ghost), int(config.seed), dev) if config.ghost > 0 else None
     try:
         with torch.no_grad():
             clean = [run(e, x, faces) for e in exts]
@@ -304,10 +305,12 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
         clean_feat = {i: f.detach().float().flatten(1) for i, f in clean_feat.items()
                       if isinstance(f, torch.Tensor) and f.shape[0] == n_faces}
         return _iterate(x, faces, exts, config, dev, loss_fn, rule, mix_rule, eot, run, gen, init,
-                        clean, clean_loss, scale, feats, clean_feat, n_img, perf, on_step)
+                        clean, clean_loss, scale, feats, clean_feat, n_img, perf, on_step, ghost)
     finally:
         if feats is not None:
             feats.close()
+        if ghost is not None:
+            ghost.close()
 
 
 class _Features:
@@ -317,7 +320,7 @@ class _Features:
         self.value: dict[int, Any] = {}
         self.handles: list[Any] = []
         for i, e in enumerate(exts):
-            convs = [m for m in e.modules() if isinstance(m, torch.nn.Conv2d)]
+            convs = conv_outputs(e)
             if convs:
                 m = convs[min(len(convs) - 1, max(0, round(depth * (len(convs) - 1))))]
                 self.handles.append(m.register_forward_hook(self._keep(i)))
@@ -326,6 +329,37 @@ class _Features:
         def hook(module: Any, inputs: Any, output: Any) -> None:
             self.value[i] = output
         return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _Ghost:
+    """Ghost networks (``ghost``): while on, every convolution's output is scaled per channel
+    by a fresh draw from ``U[1 - r, 1 + r]`` (one eroded copy of the member per forward pass)."""
+
+    def __init__(self, exts: Sequence[Extractor], r: float, seed: int, dev: torch.device) -> None:
+        self.r = r
+        self.on = False
+        self.gen = torch.Generator(device=dev)
+        self.gen.manual_seed(seed + 7919)
+        self.handles = [m.register_forward_hook(self._erode) for e in exts for m in conv_outputs(e)]
+
+    def _erode(self, module: Any, inputs: Any, output: Any) -> Any:
+        if not self.on or not isinstance(output, torch.Tensor) or output.dim() != 4:
+            return None
+        shape = (output.shape[0], output.shape[1], 1, 1)
+        u = torch.rand(shape, generator=self.gen, device=output.device, dtype=torch.float32)
+        return output * (1 + self.r * (2 * u - 1)).to(output.dtype)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
 
     def close(self) -> None:
         for h in self.handles:
@@ -411,7 +445,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
              loss_fn: Any, rule: UpdateRule, mix_rule: UpdateRule | None, eot: list[Any], run: Any,
              gen: torch.Generator, init: torch.Tensor | None, clean: list[Any], clean_loss: Any,
              scale: list[torch.Tensor], feats: _Features | None, clean_feat: dict[int, torch.Tensor],
-             n_img: int, perf: Performance, on_step: Any = None) -> AttackResult:
+             n_img: int, perf: Performance, on_step: Any = None, ghost: _Ghost | None = None) -> AttackResult:
     """The iterations of :func:`attack` (after the clean pass)."""
     mix = float(config.feature_mix)
     # per-face early stop (config.stop_nme > 0): `view` holds the faces still attacked and their
@@ -427,7 +461,8 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
         for i, (c, e) in enumerate(zip(view["clean"], exts, strict=True)):
             if jit is not None:  # box_jitter: this member's own boxes and clean reference
                 fcs, c = jit[i]
-            o = run(e, inp, fcs)
+            with ghost.active() if ghost is not None else contextlib.nullcontext():
+                o = run(e, inp, fcs)
             if stopper is not None:
                 outs.append(o)
             loss = loss_fn(c, o)
@@ -465,6 +500,8 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
             if config.diversity_prob > 0 and float(torch.rand((), generator=gen)) < config.diversity_prob:
                 inp, fcs = _diversity(inp, fcs, config.diversity_min_scale, gen)
                 diversified = True
+            if ghost is not None:
+                diversified = True  # (the stop rule reads outputs of the members themselves only)
             if config.box_jitter > 0:
                 diversified = True  # (the stop rule reads outputs in the attack's own boxes only)
                 nf = faces_now.boxes.shape[0]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lbcore.types import ExtractorOutput, Faces, LandmarkScheme
 
 __all__ = [
+    "ConvOutput",
     "Extractor",
     "HeatmapExtractor",
     "affine_crop",
@@ -148,6 +149,21 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     x = (prob.sum(dim=2) * xs).sum(dim=-1)
     y = (prob.sum(dim=3) * ys).sum(dim=-1)
     return torch.stack([x, y], dim=-1)
+
+
+class ConvOutput(torch.nn.Identity):
+    """Marks the output of a convolution that a network runs functionally (``F.conv2d``).
+
+    Call one on each convolution's output (before its activation), as a ``Conv2d`` module's
+    output would be: the attack's hooks that read or modify convolution outputs (``feature_mix``,
+    ``ghost``) see these as they see ``Conv2d`` modules. It has no parameters and changes nothing.
+    """
+
+
+def conv_outputs(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose outputs are convolution outputs (``Conv2d`` and :class:`ConvOutput`),
+    in module order."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d | ConvOutput)]
 
 
 class Extractor(torch.nn.Module):

@@ -1,11 +1,13 @@
-"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel, coarse; the shape-target loss."""
+"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel, coarse, ghost; the shape-target loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lbcore.engine import _Coarse, _jitter_boxes, _smooth_rel, attack, preset
+from lbcore.engine import _Coarse, _Ghost, _jitter_boxes, _smooth_rel, attack, preset
+from lbcore.errors import SpecError
+from lbcore.extractor import ConvOutput, conv_outputs
 from lbcore.losses import ShapeTargetLoss
 from lbcore.testing import sample_batch
 from lbcore.types import ExtractorOutput, Faces
@@ -110,3 +112,60 @@ def test_shape_target_attack_pulls_towards_the_target(tiny_extractor, batch):
     # (a soft soft-argmax: the tiny random network's heat-maps are flat, its hard argmax jumps)
     res = attack(images, faces, tiny_extractor, preset("lb", loss="shape-target:dy=0.3,temperature=0.2"))
     assert bool((res.final_loss < res.clean_loss - 0.01).all()), (res.clean_loss, res.final_loss)
+
+
+class _Functional(torch.nn.Module):
+    """A network that runs its convolution functionally and marks the output (as lb-mediapipe does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.tap = ConvOutput()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tap(torch.nn.functional.conv2d(x, self.w, padding=1))
+
+
+def test_conv_outputs_finds_modules_and_functional_taps(tiny_extractor):
+    assert conv_outputs(tiny_extractor), "the tiny FAN's Conv2d modules"
+    net = _Functional()
+    assert conv_outputs(net) == [net.tap]
+
+
+def test_ghost_erodes_only_while_active_and_per_channel():
+    net = _Functional()
+    x = torch.rand(2, 3, 8, 8)
+    clean = net(x)
+    ghost = _Ghost([net], 0.25, seed=0, dev=torch.device("cpu"))  # type: ignore[list-item]
+    try:
+        assert torch.equal(net(x), clean)  # off: the member itself
+        with ghost.active():
+            a, b = net(x), net(x)
+        assert torch.equal(net(x), clean)
+    finally:
+        ghost.close()
+    assert not torch.equal(a, b)  # a fresh ghost each pass
+    ratio = a / clean
+    per_channel = ratio.flatten(2)
+    assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel), atol=1e-4)
+    assert bool(((ratio - 1).abs() <= 0.25 + 1e-4).all())
+    assert not bool(((ratio - 1).abs() < 1e-6).all())
+    assert torch.equal(net(x), clean)  # hooks removed
+
+
+def test_ghost_attack_seeded_lowers_loss_and_leaves_the_member_intact(tiny_extractor, batch):
+    images, faces = batch
+    before = tiny_extractor(images, faces).heatmaps.clone()
+    a = attack(images, faces, tiny_extractor, preset("lb", ghost=0.2, seed=1))
+    b = attack(images, faces, tiny_extractor, preset("lb", ghost=0.2, seed=1))
+    plain = attack(images, faces, tiny_extractor, preset("lb", seed=1))
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert not torch.equal(a.adversarial, plain.adversarial)
+    assert bool((a.final_loss < a.clean_loss - 0.05).all()), a.final_loss
+    assert torch.equal(tiny_extractor(images, faces).heatmaps, before)  # no hook left behind
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_ghost_out_of_range_is_a_spec_error(bad):
+    with pytest.raises(SpecError, match="ghost"):
+        preset("lb", ghost=bad)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lb_mediapipe import mediapipe_ops as mpo
+from lbcore import ConvOutput
 from lbcore.errors import WeightsError
 
 __all__ = ["TFLiteNet", "read_tflite", "SUPPORTED_OPS"]
@@ -271,6 +272,11 @@ class TFLiteNet(torch.nn.Module):
         self._const_ids: set[int] = set()
         for name, ins, outs, opts in g.ops:
             self._steps.append((name, ins, outs, self._prepare(g, name, ins, outs, opts)))
+        # one ConvOutput per convolution: the attack's feature and ghost hooks see its output
+        convs = [o for name, _, _, o in self._steps if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        for i, o in enumerate(convs):
+            o["tap"] = i
+        self.conv_out = torch.nn.ModuleList(ConvOutput() for _ in convs)
 
     # -- loading -----------------------------------------------------------------------
     def _const(self, g: _Graph, t: int, arr: np.ndarray) -> str:
@@ -395,7 +401,7 @@ class TFLiteNet(torch.nn.Module):
                         y = F.conv2d(F.pad(h, (*pw, *ph)), w, b, o["stride"], 0, o["dilation"], o["groups"])
                 else:
                     y = F.conv2d(h, w, b, o["stride"], 0, o["dilation"], o["groups"])
-                y = self._act(y, o["act"])
+                y = self._act(self.conv_out[o["tap"]](y), o["act"])
             elif name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
                 h = vals[ins[0]]
                 kh, kw = o["kernel"]

@@ -11,6 +11,7 @@ import torch
 from lb_mediapipe.extractor import FaceMeshExtractor, load_face_mesh
 from lb_mediapipe.tflite_torch import TFLiteNet
 from lbcore.errors import WeightsError
+from lbcore.extractor import conv_outputs
 from lbcore.io.annotations import box_from_landmarks
 from lbcore.types import Faces
 
@@ -81,6 +82,24 @@ def test_batches_give_the_same_outputs_as_single_images(face_mesh_path):
         one = net(x[1:2])[0]
     assert both.shape == (3, 1, 1, 1404)
     assert torch.allclose(both[1:2], one, atol=1e-3)
+
+
+def test_every_convolution_is_marked_for_the_attack_hooks(face_mesh_path):
+    # feature_mix and ghost hook convolution outputs; the replayed graph runs F.conv2d, so each
+    # CONV_2D / DEPTHWISE_CONV_2D output passes through one ConvOutput, in graph order
+    net = load_face_mesh(face_mesh_path).eval()
+    n_conv = sum(name in ("CONV_2D", "DEPTHWISE_CONV_2D") for name, *_ in net._steps)
+    taps = conv_outputs(net)
+    assert n_conv > 10 and len(taps) == n_conv
+    seen: list[tuple[int, ...]] = []
+    handles = [t.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape))) for t in taps]
+    try:
+        with torch.no_grad():
+            net(torch.rand(1, 3, 192, 192))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(seen) == n_conv and all(len(s) == 4 for s in seen)
 
 
 def test_missing_empty_and_foreign_files_fail_in_one_line(tmp_path, blazeface_path):
