@@ -99,7 +99,7 @@ def main() -> None:
             rec = report["files"][0]
             print(json.dumps({"frames": rec.get("frames"), "size": args.size, "extractor": args.extractor,
                               "device": report["settings"]["device"], "amp": args.amp, "compile": args.compile,
-                              "overlap": overlap, "key_interval": k, "key_frames": rec.get("key_frames"),
+                              "overlap": overlap, "key_interval": k, "key_frames": rec.get("key_frames"), "key_frame_reasons": rec.get("key_frame_reasons"),
                               "passes_per_face": rec.get("passes_per_face"), "status": rec["status"],
                               "seconds": round(secs, 2), "frames_per_s": round(args.frames / secs, 2),
                               "one_minute_30fps_seconds": round(1800 * secs / args.frames, 1)}, indent=1), flush=True)
@@ -145,7 +145,7 @@ def compare_on_clip(args: argparse.Namespace) -> None:
             if rec["status"] not in ("protected", "unchanged"):
                 raise SystemExit(f"video_e2e: key interval {k}: {rec.get('error', rec['status'])}")
             runs.append({"key_interval": k, "output": rec["output"], "frames": rec["frames"],
-                         "faces": rec["faces_protected"], "key_frames": rec.get("key_frames"),
+                         "faces": rec["faces_protected"], "key_frames": rec.get("key_frames"), "key_frame_reasons": rec.get("key_frame_reasons"),
                          "passes_per_face": rec["passes_per_face"], "seconds": round(secs, 1),
                          "faces_per_s": round(rec["faces_protected"] / secs, 2)})
             print(json.dumps(runs[-1]), flush=True)

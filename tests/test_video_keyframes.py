@@ -133,6 +133,7 @@ def test_protect_restarts_at_the_cut_without_inheriting(tmp_path, tiny_plugin):
           "propagated_steps": 1}
     rep = protect([spliced], tmp_path / "out", **kw)["files"][0]
     assert rep["status"] == "protected" and rep["key_frames"] == 4, rep  # 0, 4 (interval), 6 (cut), 10 (interval)
+    assert rep["key_frame_reasons"] == {"cut": 1, "first": 1, "interval": 2}, rep
     # the frame after the cut is protected exactly as if the video started there (nothing inherited)
     rep2 = protect([alone], tmp_path / "out2", **kw)["files"][0]
     assert rep2["status"] == "protected"
@@ -143,7 +144,7 @@ def test_protect_restarts_at_the_cut_without_inheriting(tmp_path, tiny_plugin):
     # passes: key frames 3 each, propagated frames at most 1 each (one face per frame)
     assert rep["extractor_passes"] <= 4 * 3 + 8 * 1
     old = protect([spliced], tmp_path / "out3", **{**kw, "key_interval": 1})["files"][0]
-    assert old["passes_per_face"] == 3 and old["key_frames"] is None
+    assert old["passes_per_face"] == 3 and old["key_frames"] is None and old["key_frame_reasons"] is None
 
 
 @pytest.mark.parametrize("args", [["--key-interval", "0"], ["--key-interval", "1001"], ["--stop-nme", "-0.1"],

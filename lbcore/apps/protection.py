@@ -910,6 +910,7 @@ class _Run:
             planner = KeyFramePlanner(self.o.key_interval, cut_error=self.o.cut_error)
         deltas: dict[int, Any] = {}
         passes_before, n_keys = self.passes_spent, 0
+        key_reasons: dict[str, int] = {}
 
         # (the background thread's running state: frame number, the last frame's face boxes)
         done_frames = [0 if span is None else span[0]]
@@ -958,7 +959,10 @@ class _Run:
                             init = None
                             if plans is not None:
                                 adv = self.attack_planned(x, boxes, plans, deltas)
-                                n_keys += sum(p.kind == "key" for p in plans)
+                                for p, bs in zip(plans, boxes, strict=True):
+                                    if p.kind == "key" and bs:  # (a key frame with no face costs nothing)
+                                        n_keys += 1
+                                        key_reasons[p.reason] = key_reasons.get(p.reason, 0) + 1
                             else:
                                 if prev_delta is not None and prev_delta.shape == x.shape[1:]:
                                     init = x + prev_delta  # warm start from the previous frame's perturbation
@@ -1008,7 +1012,8 @@ class _Run:
         self.video_record(record, stats, n_frames, n_faces, n_small, info.fps, audio)
         spent = self.passes_spent - passes_before
         record.update(extractor_passes=spent, passes_per_face=round(spent / n_faces, 2) if n_faces else None,
-                      key_interval=self.o.key_interval, key_frames=n_keys if planner is not None else None)
+                      key_interval=self.o.key_interval, key_frames=n_keys if planner is not None else None,
+                      key_frame_reasons=dict(sorted(key_reasons.items())) if planner is not None else None)
         if raw is not None:
             raw.update(frames=n_frames, faces_protected=n_faces, skipped_small_faces=n_small, stats=stats)
         if not segment:
