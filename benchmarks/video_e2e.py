@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--propagated-steps", type=int, default=4)
     ap.add_argument("--stop-nme", type=float, default=0.1)
     ap.add_argument("--stop-margin", type=float, default=1.5)
+    ap.add_argument("--cut-error", type=float, default=15.0, help="lb protect --cut-error (grey levels)")
     ap.add_argument("--max-frames", type=int, default=None, help="--clip: protect and measure only its first N frames")
     ap.add_argument("--detector", default="dlib-hog")
     ap.add_argument("--detect-every", type=int, default=5)
@@ -139,7 +140,7 @@ def compare_on_clip(args: argparse.Namespace) -> None:
                              batch_size=args.batch_size, steps=args.steps, amp=args.amp, compile=args.compile,
                              codec="ffv1", strength=args.strength, report_every=10**9, **part,
                              key_interval=k, propagated_steps=args.propagated_steps, stop_nme=args.stop_nme,
-                             stop_margin=args.stop_margin, threshold=args.threshold)
+                             stop_margin=args.stop_margin, threshold=args.threshold, cut_error=args.cut_error)
             secs = time.perf_counter() - t0
             rec = report["files"][0]
             if rec["status"] not in ("protected", "unchanged"):
