@@ -97,6 +97,38 @@ def test_planner_restarts_at_a_scene_cut_and_keeps_the_interval():
     assert plans[6].error > 15 > max(p.error for p in plans[1:6])
 
 
+@needs_data
+def test_gradual_change_within_a_shot_is_not_a_cut_but_drift_warm_starts():
+    # stage lights brightening 4 grey levels a frame: each frame is close to the one before it (no
+    # cut: the perturbation may be inherited), while the key frame several frames back drifts away
+    base = _photo(640, 360).astype(np.float32)
+    frames = [np.clip(base + 4 * i, 0, 255).astype(np.uint8) for i in range(12)]
+    planner = KeyFramePlanner(100, cut_error=15)
+    box = [[200.0, 80.0, 440.0, 320.0]]
+    plans = [planner.plan(i, f, box) for i, f in enumerate(frames)]
+    reasons = [p.reason for p in plans]
+    assert "cut" not in reasons, reasons
+    assert plans[4].kind == "propagated" and plans[4].error > 15, plans[4]  # past the old rule's cut line
+    drift = next(p for p in plans if p.reason == "drift")  # past 2 x cut_error: a warm-started key frame
+    assert drift.ref == 0 and drift.flow is not None and drift.error > 30
+    assert all(p.kind == "propagated" and p.ref == drift.index for p in plans[drift.index + 1:drift.index + 4])
+
+
+@needs_data
+def test_a_cut_in_frames_without_faces_still_ends_the_key_frame():
+    # the face leaves, the scene changes while no face is in view, a face comes back where the
+    # old one was: it must not inherit the old scene's perturbation
+    a, b = _clip_frames(3), _spliced()[6:]
+    box = [[220.0, 40.0, 420.0, 240.0]]
+    planner = KeyFramePlanner(100)
+    assert planner.plan(0, a[0], box).kind == "key"
+    assert planner.plan(1, a[1], []).kind == "none"
+    assert planner.plan(2, b[0], []).kind == "none"  # the cut, with no face in view
+    p = planner.plan(3, b[1], box)
+    assert (p.kind, p.reason, p.ref) == ("key", "cut", None) and p.error > 15, p
+    assert planner.plan(4, b[2], box).kind == "propagated"
+
+
 def test_a_face_the_key_frame_does_not_have_makes_a_key_frame():
     rng = np.random.default_rng(2)
     import cv2

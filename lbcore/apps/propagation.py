@@ -1,17 +1,28 @@
 """Video key frames: the full attack on key frames, the frames between them start from the
 key frame's perturbation warped along dense optical flow (OpenCV's DIS) and run a few steps.
 
-:class:`KeyFramePlanner` decides, frame by frame and holding only the last key frame (a small
-grey copy and its face boxes), which frames are key frames: every ``interval``-th frame, the
-first frame with faces, and any frame that is not a continuation of its key frame - a scene cut
-(the key frame warped onto it along the flow still differs by more than ``cut_error`` grey
-levels on average, over the whole frame or inside its face boxes) or a face that the key frame
-does not have (a box with no key-frame box of IoU >= ``min_iou`` where the flow puts it).
-Those frames inherit nothing. :func:`warp` moves a perturbation along a planned flow.
+:class:`KeyFramePlanner` decides, frame by frame and holding only the last key frame and the
+previous frame (small grey copies) and the key frame's face boxes, which frames are key frames:
+every ``interval``-th frame, the first frame with faces, and any frame that is not a continuation
+of its key frame:
+
+- a scene cut since the key frame: some frame, with or without faces, differs from the frame
+  before it, warped onto it along the flow, by more than ``cut_error`` grey levels on average
+  (over the whole frame or inside its face boxes). Consecutive frames: motion within a shot,
+  however fast, is what the flow models from one frame to the next, while the error against a
+  key frame several frames back also grows with the motion itself;
+- a face that the key frame does not have (a box with no key-frame box of IoU >= ``min_iou``
+  where the flow puts it).
+
+Those frames inherit nothing. A frame of the same shot whose key frame, warped onto it, still
+differs by more than ``drift_error`` (the flow from the key frame no longer holds: fast motion,
+a turning head) becomes a key frame too (``drift``), warm-started from the warped key frame's
+perturbation. :func:`warp` moves a perturbation along a planned flow.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,9 +46,10 @@ class FramePlan:
         flow: ``(2, h, w)`` float32: for each pixel of this frame (at the planner's working
             size ``h, w``), where it lies in frame ``ref`` (dx, dy in working pixels); ``None``
             without ``ref``.
-        reason: why a key frame is one (``first``, ``interval``, ``cut``, ``new face``).
-        error: mean absolute grey-level difference between this frame and ``ref``'s key frame
-            warped onto it (whole frame or face boxes, the larger); NaN when not computed.
+        reason: why a key frame is one (``first``, ``interval``, ``cut``, ``new face``, ``drift``).
+        error: mean absolute grey-level difference between this frame and its key frame warped
+            onto it (whole frame or face boxes, the larger); for a ``cut``, the consecutive-frame
+            error that found it; NaN when not computed.
     """
 
     index: int
@@ -111,43 +123,57 @@ def box_iou(p: Sequence[float], q: Sequence[float]) -> float:
 
 class KeyFramePlanner:
     """Chooses key frames and computes the flows to them, one frame at a time (see the module
-    docstring). Keeps only the last key frame's grey copy and boxes: memory does not grow with
-    the video.
+    docstring). Keeps only the last key frame's and the previous frame's grey copies and the key
+    frame's boxes: memory does not grow with the video.
 
     Args:
         interval: a key frame at least every this many frames (1: every frame is a key frame).
-        cut_error: mean absolute grey-level error (0..255) of the flow-warped key frame above
-            which a frame is a cut.
+        cut_error: mean absolute grey-level error (0..255) between a frame and the previous one
+            warped onto it above which there is a scene cut between them.
+        drift_error: error against the key frame above which a frame of the same shot becomes a
+            warm-started key frame (default: twice ``cut_error``).
         min_iou: a face box matches a key-frame face when their IoU (after moving by the flow)
             is at least this.
         max_side: the flow is computed on frames shrunk to this longest side.
     """
 
-    def __init__(self, interval: int, *, cut_error: float = 12.0, min_iou: float = 0.3, max_side: int = 640) -> None:
+    def __init__(self, interval: int, *, cut_error: float = 15.0, drift_error: float | None = None,
+                 min_iou: float = 0.3, max_side: int = 640) -> None:
         import cv2
 
         self.interval = max(1, int(interval))
         self.cut_error = float(cut_error)
+        self.drift_error = 2.0 * self.cut_error if drift_error is None else float(drift_error)
         self.min_iou = float(min_iou)
         self.max_side = int(max_side)
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)  # type: ignore[attr-defined]
         self.key: int | None = None
         self.key_grey: np.ndarray | None = None
         self.key_boxes: list[list[float]] = []
+        self.prev_grey: np.ndarray | None = None
+        self.cut_seen = float("nan")  # the largest consecutive error past cut_error since the key frame
 
     def plan(self, index: int, rgb: np.ndarray, boxes: list[list[float]]) -> FramePlan:
-        """The plan for frame ``index`` (frames must come in order) with face ``boxes``."""
+        """The plan for frame ``index`` (frames must come in order, every one of them, faces or
+        not: a cut in frames without faces still ends the key frame) with face ``boxes``."""
+        grey, s = _grey(rgb, self.max_side)
+        prev, self.prev_grey = self.prev_grey, grey
+        if prev is not None and prev.shape == grey.shape and self.key is not None:
+            step = self._error(grey, prev, dense_flow(grey, prev, self.dis), boxes, s)
+            if step > self.cut_error:
+                self.cut_seen = step if math.isnan(self.cut_seen) else max(self.cut_seen, step)
         if not boxes:
             return FramePlan(index, "none")
-        grey, s = _grey(rgb, self.max_side)
         if self.key is None or self.key_grey is None or self.key_grey.shape != grey.shape:
             return self._new_key(index, grey, boxes, "first", None, None, float("nan"))
+        if not math.isnan(self.cut_seen):  # a cut since the key frame
+            return self._new_key(index, grey, boxes, "cut", None, None, self.cut_seen)
         flow = dense_flow(grey, self.key_grey, self.dis)
-        error = self._error(grey, flow, boxes, s)
-        if error > self.cut_error:
-            return self._new_key(index, grey, boxes, "cut", None, None, error)
+        error = self._error(grey, self.key_grey, flow, boxes, s)
         if not self._same_faces(flow, boxes, s):
             return self._new_key(index, grey, boxes, "new face", None, None, error)
+        if error > self.drift_error:
+            return self._new_key(index, grey, boxes, "drift", self.key, flow, error)
         if index - self.key >= self.interval:
             return self._new_key(index, grey, boxes, "interval", self.key, flow, error)
         return FramePlan(index, "propagated", self.key, flow, "", error)
@@ -155,14 +181,17 @@ class KeyFramePlanner:
     def _new_key(self, index: int, grey: np.ndarray, boxes: list[list[float]], reason: str, ref: int | None,
                  flow: np.ndarray | None, error: float) -> FramePlan:
         self.key, self.key_grey, self.key_boxes = index, grey, [list(b) for b in boxes]
+        self.cut_seen = float("nan")
         return FramePlan(index, "key", ref, flow, reason, error)
 
-    def _error(self, grey: np.ndarray, flow: np.ndarray, boxes: list[list[float]], s: float) -> float:
-        assert self.key_grey is not None
-        warped = warp_numpy(self.key_grey.astype(np.float32), flow)
+    @staticmethod
+    def _error(grey: np.ndarray, ref_grey: np.ndarray, flow: np.ndarray, boxes: list[list[float]], s: float) -> float:
+        """Mean absolute grey-level error of ``ref_grey`` warped onto ``grey`` along ``flow``: the
+        whole frame's or inside a face box's, the larger."""
+        warped = warp_numpy(ref_grey.astype(np.float32), flow)
         h, w = grey.shape
         xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        # only pixels whose match lies inside the key frame (borders uncovered by motion are not errors)
+        # only pixels whose match lies inside the reference frame (borders uncovered by motion are not errors)
         inside = (xs + flow[0] >= 0) & (xs + flow[0] <= w - 1) & (ys + flow[1] >= 0) & (ys + flow[1] <= h - 1)
         diff = np.abs(warped - grey.astype(np.float32))
         worst = float(diff[inside].mean()) if inside.any() else float("inf")

@@ -140,8 +140,9 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--stop-margin", type=click.FloatRange(1, 100), default=1.5, show_default=True,
               help="Videos: factor on --stop-nme.")
 @click.option("--cut-error", type=click.FloatRange(0, 255, min_open=True), default=15.0, show_default=True,
-              help="Videos: mean grey-level error of the flow-warped key frame above which a frame is a scene cut "
-                   "(a new key frame, nothing inherited).")
+              help="Videos: mean grey-level error between a frame and the previous one warped onto it along the flow "
+                   "above which there is a scene cut (a new key frame, nothing inherited); a frame whose key frame, "
+                   "warped onto it, is off by twice this becomes a warm-started key frame.")
 @click.option("--require-broken", is_flag=True,
               help="Exit with status 4 when any measured face stays below --threshold for an attacked "
                    "extractor (the files are still written).")
