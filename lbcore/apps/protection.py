@@ -570,28 +570,51 @@ class _Run:
 
     def encode_within_budget(self, loaded: Any, x: Any, adv: Any, faces: Any,
                              plan: dict[str, Any]) -> tuple[np.ndarray, bytes]:
-        """Encode the protected image as planned; for a lossy format, decode it again and, while
-        a face box of the decoded file misses the attack's SSIM/PSNR floor, shrink the
-        perturbation and re-encode. Returns the decoded pixels (H, W, 3 uint8 RGB) and the bytes."""
+        """Encode the protected image as planned; for a lossy format, decode it again and, where a
+        face box of the decoded file misses the attack's SSIM/PSNR floor, shrink that face's
+        perturbation (its own factor, as :class:`lbcore.perceptual.QualityGuard` does) to the
+        largest that meets the floor after the re-encode (bisection), so one face does not hold
+        back the others and none gives up more than it must. Returns the decoded pixels
+        (H, W, 3 uint8 RGB) and the bytes."""
         from lbcore.io.images import encode_image
         from lbcore.perceptual import QualityGuard
 
+        torch = self.torch
         cfg = plan["config"]
         guard = QualityGuard(x.double(), faces, cfg.ssim_min, cfg.psnr_min)
         kw = {"quality": plan["quality"], "subsampling": plan["subsampling"], "icc_profile": plan["icc_profile"]}
         lossy = plan["suffix"] in (".jpg", ".jpeg") or (plan["suffix"] == ".webp" and plan["quality"] is not None)
         delta = adv - x
-        scale = 1.0
-        for _ in range(12):
-            cand = (x + scale * delta).round().clamp(0, 255)
-            rgb = cand[0].permute(1, 2, 0).to(self.torch.uint8).numpy()
+
+        def encode(scale: Any) -> tuple[np.ndarray, bytes, Any]:
+            cand = adv if scale is None else x + guard.scale_map(scale).to(delta.dtype) * delta
+            rgb = cand.round().clamp(0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
             data = encode_image(rgb, loaded, plan["suffix"], **kw)
             if not lossy:
-                return rgb, data
+                return rgb, data, None
             decoded = _decode_rgb(data, loaded)
-            if not guard.active or bool(guard._ok(self.torch.from_numpy(decoded).permute(2, 0, 1)[None].double()).all()):
-                return decoded, data
-            scale *= 0.85
+            ok = guard._face_ok(torch.from_numpy(decoded).permute(2, 0, 1)[None].double()) if guard.active else None
+            return decoded, data, ok
+
+        n = len(guard.regions)
+        decoded, data, ok = encode(torch.ones(n, dtype=torch.float64) if n else None)
+        if ok is None or bool(ok.all()):
+            return decoded, data
+        lo = torch.where(ok, 1.0, 0.0).double()
+        hi = torch.ones(n, dtype=torch.float64)
+        todo = ~ok
+        for _ in range(6):  # per face: the largest factor that holds after the re-encode (to 1/64)
+            mid = torch.where(todo, (lo + hi) / 2, lo)
+            decoded, data, ok = encode(mid)
+            lo = torch.where(todo & ok, mid, lo)
+            hi = torch.where(todo & ~ok, mid, hi)
+        for _ in range(8):  # faces whose regions share JPEG blocks: check them together
+            decoded, data, ok = encode(lo)
+            if bool(ok.all()) or not bool(lo.any()):
+                break
+            lo = torch.where(ok, lo, lo * 0.7)
+        if bool(ok.all()):
+            return decoded, data
         from lbcore.io import display_path
 
         self.notes.append(f"{display_path(loaded.path)}: {plan['suffix'].lstrip('.')} quality {plan['quality']}: the re-encode alone costs more "
