@@ -240,3 +240,43 @@ def test_each_face_spends_its_own_budget(ext):
     assert all(s >= 0.97 and p >= 40 for s, p in sp), sp
     s, p = sp[1]  # the textured face: near its floor, its budget spent (not cut to the flat face's)
     assert s < 0.985 or p < 43, sp
+
+
+def test_a_lossy_save_shrinks_only_the_faces_that_miss_the_floor(icc_jpeg):
+    """After the JPEG re-encode, a face that still meets the floor keeps its whole change; a face
+    that misses it is shrunk to (close to) the floor, not beyond; the floor holds on the file."""
+    from types import SimpleNamespace
+
+    from lbcore.apps.protection import _Run
+    from lbcore.io import read_image
+
+    loaded = read_image(icc_jpeg)
+    x = torch.from_numpy(loaded.rgb).permute(2, 0, 1)[None].float()
+    h, w = x.shape[2:]
+    boxes = [[20.0, 20.0, 120.0, 120.0], [w - 140.0, 20.0, w - 40.0, 120.0]]
+    faces = Faces.from_lists([boxes])
+    gen = torch.Generator().manual_seed(0)
+    adv = x.clone()
+    for (x1, y1, x2, y2), amp in zip(boxes, (5.0, 12.0), strict=True):  # a light change, a heavy one
+        noise = (torch.rand(3, 100, 100, generator=gen) * 2 - 1) * amp
+        adv[0, :, int(y1):int(y2), int(x1):int(x2)] += noise
+    adv = adv.round().clamp(0, 255)
+    cfg = AttackConfig(psnr_min=36.0)
+    plan = {"suffix": ".jpg", "quality": 90, "subsampling": "420", "icc_profile": loaded.icc_profile, "config": cfg}
+    run = SimpleNamespace(torch=torch, notes=[])
+    decoded, data = _Run.encode_within_budget(run, loaded, x, adv, faces, plan)  # type: ignore[arg-type]
+    clean = loaded.rgb
+    got = [psnr(clean, decoded, mask=np.asarray(b)) for b in boxes]
+    # the whole change, saved as is, for comparison
+    from lbcore.io.images import encode_image
+
+    raw = encode_image(adv[0].permute(1, 2, 0).to(torch.uint8).numpy(), loaded, ".jpg", quality=90, subsampling="420",
+                       icc_profile=loaded.icc_profile)
+    from lbcore.apps.protection import _decode_rgb
+
+    unshrunk = [psnr(clean, _decode_rgb(raw, loaded), mask=np.asarray(b)) for b in boxes]
+    assert unshrunk[0] >= 36 > unshrunk[1], unshrunk  # the set-up: one face passes, one does not
+    assert got[0] == pytest.approx(unshrunk[0], abs=0.05), (got, unshrunk)  # kept whole
+    assert 36.0 <= got[1] < 36.6, got  # shrunk to the floor, not beyond
+    assert run.notes == []
+    assert data[:2] == b"\xff\xd8"
