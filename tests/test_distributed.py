@@ -390,6 +390,58 @@ def test_worker_lost_mid_video_rerun_redoes_only_its_ranges(small_clip, cold_ref
     _check_clip_output(out, clip, cold_reference)
 
 
+def test_key_frames_over_two_workers_equal_one_process_range_by_range(small_clip, tmp_path):
+    """--key-interval 2 over two workers, --segment-frames 4: each range plans its own key frames
+    (key, propagated, warm-started key, propagated). The merged output equals, pixel for pixel,
+    one process protecting each frame range alone with the same options."""
+    import attrs
+    import torch
+
+    from lbcore.apps.protection import _Run
+    from lbcore.io import iter_inputs, iter_video_frames
+
+    clip, spec = small_clip
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = _torchrun(clip.parent, out, env=env, extractor=spec,
+                    args=("--segment-frames", "4", "--batch-size", "2", "--key-interval", "2"))
+    assert res.returncode == 0, (_errors(out), res.stderr[-3000:])
+    assert sorted((s["start"], s["stop"]) for s in _segments(out)) == [(0, 4), (4, None)]
+    opts = attrs.evolve(_clip_options(spec), key_interval=2)
+    reference: list[np.ndarray] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (OMP_NUM_THREADS=1): the same float sums
+    try:
+        for start, stop in ((0, 4), (4, None)):
+            seg = tmp_path / "ref" / f"{start}.mkv"
+            seg.parent.mkdir(exist_ok=True)
+            raw: dict = {}
+            _Run(opts, tmp_path / "ref", [clip], None).video(next(iter_inputs([clip])), span=(start, stop), out=seg,
+                                                             raw=raw)
+            assert raw["faces_protected"] == raw["frames"] == 4
+            reference += list(iter_video_frames(seg, max_frames=None))
+    finally:
+        torch.set_num_threads(threads)
+    got = list(iter_video_frames(out / "clip.mkv", max_frames=None))
+    src = list(iter_video_frames(clip, max_frames=None))
+    assert len(got) == len(reference) == CLIP_FRAMES
+    for g, r, c in zip(got, reference, src, strict=True):
+        assert np.array_equal(g, r)
+        assert 0 < np.abs(g.astype(int) - c.astype(int)).max() <= 15
+    # (the key-interval plan is not the per-frame attack's: frames 1, 3, 5, 7 were propagated)
+    per_frame = list(iter_video_frames(_cold(small_clip, tmp_path), max_frames=None))
+    assert not all(np.array_equal(g, r) for g, r in zip(got, per_frame, strict=True))
+
+
+def _cold(small_clip, tmp_path) -> Path:
+    """One process, the per-frame attack (--key-interval 1), whole clip."""
+    from lbcore.apps.protection import protect
+
+    clip, spec = small_clip
+    rep = protect([clip], tmp_path / "per-frame", _clip_options(spec))
+    return Path(rep["files"][0]["output"])
+
+
 def test_missing_frame_range_at_merge_is_one_error_line(small_clip, tmp_path):
     """Rank 0's merge with segments missing (one failed, the others never written): an error
     record naming the video and the frame ranges, no output, no crash."""
