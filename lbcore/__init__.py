@@ -21,6 +21,7 @@ _LAZY = {
     "Faces": "lbcore.types",
     "ExtractorOutput": "lbcore.types",
     "ConvOutput": "lbcore.extractor",
+    "ResidualAdd": "lbcore.extractor",
     "Extractor": "lbcore.extractor",
     "HeatmapExtractor": "lbcore.extractor",
     "affine_crop": "lbcore.extractor",

@@ -105,6 +105,10 @@ class AttackConfig:
             channel by a factor drawn uniformly from ``[1 - ghost, 1 + ghost]``, redrawn for every
             pass - so that each step attacks a different nearby network; the clean reference is
             the unmodified member. 0 (default) is off.
+        sgm: skip gradient method (Wu et al., ICLR 2020): in every member's residual blocks
+            (:class:`lbcore.ResidualAdd`) the gradient into the residual branch is scaled by
+            this factor, so more of it flows back through the skip connections; the forward
+            pass is unchanged. 1 (default) is off; members without marked blocks are unaffected.
     """
 
     loss: str = "heatmap-cosine"
@@ -139,6 +143,7 @@ class AttackConfig:
     ti_rel: float = 0.0
     coarse: float = 0.0
     ghost: float = 0.0
+    sgm: float = 1.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -169,6 +174,8 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting coarse={cfg.coarse!r} must be a finite number >= 0 (0: off)")
     if not isinstance(cfg.ghost, int | float) or not 0 <= float(cfg.ghost) < 1:
         raise SpecError(f"attack setting ghost={cfg.ghost!r} must be in 0..1 (0: off)")
+    if not isinstance(cfg.sgm, int | float) or not 0 < float(cfg.sgm) <= 1:
+        raise SpecError(f"attack setting sgm={cfg.sgm!r} must be in (0, 1] (1: off)")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

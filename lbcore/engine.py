@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lbcore.attacks import AttackConfig, preset
 from lbcore.errors import SpecError
-from lbcore.extractor import Extractor, conv_outputs
+from lbcore.extractor import Extractor, conv_outputs, residual_adds
 from lbcore.optimizers import IterativeFGSM, UpdateRule
 from lbcore.types import Faces
 
@@ -293,6 +293,9 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
         raise SpecError(f"feature_mix {config.feature_mix} must be within 0..1")
     feats = _Features(exts, float(config.feature_depth)) if config.feature_mix > 0 else None
     ghost = _Ghost(exts, float(config.ghost), int(config.seed), dev) if config.ghost > 0 else None
+    adds = [m for e in exts for m in residual_adds(e)] if float(config.sgm) != 1.0 else []
+    for m in adds:
+        m.gamma = float(config.sgm)
     try:
         with torch.no_grad():
             clean = [run(e, x, faces) for e in exts]
@@ -311,6 +314,8 @@ def _attack(images: torch.Tensor, faces: Faces, exts: list[Extractor], config: A
             feats.close()
         if ghost is not None:
             ghost.close()
+        for m in adds:
+            m.gamma = 1.0
 
 
 class _Features:

@@ -22,6 +22,7 @@ from lbcore.types import ExtractorOutput, Faces, LandmarkScheme
 
 __all__ = [
     "ConvOutput",
+    "ResidualAdd",
     "Extractor",
     "HeatmapExtractor",
     "affine_crop",
@@ -158,6 +159,31 @@ class ConvOutput(torch.nn.Identity):
     output would be: the attack's hooks that read or modify convolution outputs (``feature_mix``,
     ``ghost``) see these as they see ``Conv2d`` modules. It has no parameters and changes nothing.
     """
+
+
+class ResidualAdd(torch.nn.Module):
+    """``skip + residual``: the sum that closes a residual block, marked for the attack.
+
+    Networks call one where a residual block adds its branch to its input (a module with no
+    parameters: checkpoints are unchanged). The forward is the plain sum; while ``gamma`` < 1
+    (the attack's ``sgm`` setting, the skip gradient method of Wu et al., ICLR 2020) the gradient
+    that flows back into the residual branch is scaled by ``gamma``, so more of it reaches the
+    input through the skip connections.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = 1.0
+
+    def forward(self, skip: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.gamma != 1.0 and torch.is_grad_enabled():
+            residual = residual * self.gamma + (residual * (1.0 - self.gamma)).detach()
+        return skip + residual
+
+
+def residual_adds(module: torch.nn.Module) -> list[ResidualAdd]:
+    """The :class:`ResidualAdd` modules of a network, in module order."""
+    return [m for m in module.modules() if isinstance(m, ResidualAdd)]
 
 
 def conv_outputs(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -7,7 +7,7 @@ import torch
 
 from lbcore.engine import _Coarse, _Ghost, _jitter_boxes, _smooth_rel, attack, preset
 from lbcore.errors import SpecError
-from lbcore.extractor import ConvOutput, conv_outputs
+from lbcore.extractor import ConvOutput, ResidualAdd, conv_outputs, residual_adds
 from lbcore.losses import ShapeTargetLoss
 from lbcore.testing import sample_batch
 from lbcore.types import ExtractorOutput, Faces
@@ -169,3 +169,49 @@ def test_ghost_attack_seeded_lowers_loss_and_leaves_the_member_intact(tiny_extra
 def test_ghost_out_of_range_is_a_spec_error(bad):
     with pytest.raises(SpecError, match="ghost"):
         preset("lb", ghost=bad)
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.add = ResidualAdd()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add(x, self.branch(x))
+
+
+def test_residual_add_scales_only_the_branch_gradient():
+    net = _Residual()
+    x = torch.rand(1, 3, 6, 6, requires_grad=True)
+    (g1,) = torch.autograd.grad(net(x).sum(), x)
+    y1 = net(x).detach()
+    net.add.gamma = 0.25
+    y2 = net(x)
+    (g2,) = torch.autograd.grad(y2.sum(), x)
+    assert torch.equal(y1, y2.detach())  # forward unchanged
+    (gs,) = torch.autograd.grad(x.sum() * 1.0, x)  # the skip's own share: ones
+    assert torch.allclose(g2 - gs, 0.25 * (g1 - gs), atol=1e-6)  # the branch's share scaled
+    assert residual_adds(net) == [net.add]
+
+
+def test_sgm_attack_changes_the_gradient_and_resets_gamma(batch):
+    pytest.importorskip("lb_fan")
+    from lbcore.plugins import get_plugin_manager
+
+    fan = get_plugin_manager().build("extractors", "fan:weights=none,width=16,landmarks=68,resolution=64")
+    images, faces = batch
+    adds = residual_adds(fan)
+    assert adds, "FAN's residual blocks are marked"
+    a = attack(images, faces, fan, preset("lb", sgm=0.3, steps=5))
+    plain = attack(images, faces, fan, preset("lb", steps=5))
+    assert not torch.equal(a.adversarial, plain.adversarial)
+    # (a random FAN on random images moves little: Eq. 1 falls 136 -> 135.8, 68 -> 67.97 in 5 steps)
+    assert bool((a.final_loss < a.clean_loss - 0.01).all()), a.final_loss
+    assert all(m.gamma == 1.0 for m in adds)  # left as found
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_sgm_out_of_range_is_a_spec_error(bad):
+    with pytest.raises(SpecError, match="sgm"):
+        preset("lb", sgm=bad)

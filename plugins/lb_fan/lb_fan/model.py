@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lbcore import ResidualAdd
+
 __all__ = ["ConvBlock", "HourGlass", "FAN"]
 
 
@@ -61,13 +63,14 @@ class ConvBlock(nn.Module):
                 nn.ReLU(),
                 nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=1, bias=False),
             )
+        self.add = ResidualAdd()  # (no parameters: the checkpoint keys are unchanged)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out1 = self.conv1(F.relu(self.bn1(x)))
         out2 = self.conv2(F.relu(self.bn2(out1)))
         out3 = self.conv3(F.relu(self.bn3(out2)))
         residual = x if self.downsample is None else self.downsample(x)
-        return torch.cat((out1, out2, out3), dim=1) + residual
+        return self.add(residual, torch.cat((out1, out2, out3), dim=1))
 
 
 class HourGlass(nn.Module):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lb_mediapipe import mediapipe_ops as mpo
-from lbcore import ConvOutput
+from lbcore import ConvOutput, ResidualAdd
 from lbcore.errors import WeightsError
 
 __all__ = ["TFLiteNet", "read_tflite", "SUPPORTED_OPS"]
@@ -277,6 +277,16 @@ class TFLiteNet(torch.nn.Module):
         for i, o in enumerate(convs):
             o["tap"] = i
         self.conv_out = torch.nn.ModuleList(ConvOutput() for _ in convs)
+        # one ResidualAdd per ADD of two computed tensors (a residual block closing): the input
+        # produced earlier is the skip connection, the later one the block's branch
+        made = {t: i for i, (_, _, outs, _) in enumerate(self._steps) for t in outs}
+        adds = 0
+        for name, ins, _, o in self._steps:
+            if name == "ADD" and len(ins) == 2 and all(t in made for t in ins):
+                skip, branch = sorted(ins, key=lambda t: made[t])
+                o["residual"] = (adds, skip, branch)
+                adds += 1
+        self.res_add = torch.nn.ModuleList(ResidualAdd() for _ in range(adds))
 
     # -- loading -----------------------------------------------------------------------
     def _const(self, g: _Graph, t: int, arr: np.ndarray) -> str:
@@ -419,7 +429,11 @@ class TFLiteNet(torch.nn.Module):
                 pool = F.max_pool2d if name == "MAX_POOL_2D" else F.avg_pool2d
                 y = self._act(pool(h, (kh, kw), o["stride"]), o["act"])
             elif name == "ADD":
-                y = self._act(arg(ins[0]) + arg(ins[1]), o["act"])
+                if "residual" in o:
+                    k, skip, branch = o["residual"]
+                    y = self._act(self.res_add[k](vals[skip], vals[branch]), o["act"])
+                else:
+                    y = self._act(arg(ins[0]) + arg(ins[1]), o["act"])
             elif name == "MUL":
                 y = self._act(arg(ins[0]) * arg(ins[1]), o["act"])
             elif name == "STRIDED_SLICE":
