@@ -49,11 +49,11 @@ def main() -> None:
                     help="also run with decode/attack/encode one after another (overlap=False)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary input and output")
     ap.add_argument("--clip", type=Path, help="a real video: compare --key-interval values on it")
-    ap.add_argument("--key-interval", type=int, nargs="+", default=[8],
+    ap.add_argument("--key-interval", type=int, nargs="+", default=[16],
                     help="key-frame intervals to run (1: the per-frame attack)")
     ap.add_argument("--propagated-steps", type=int, default=4)
     ap.add_argument("--stop-nme", type=float, default=0.1)
-    ap.add_argument("--stop-margin", type=float, default=1.5)
+    ap.add_argument("--stop-margin", type=float, default=3.5)
     ap.add_argument("--cut-error", type=float, default=15.0, help="lb protect --cut-error (grey levels)")
     ap.add_argument("--max-frames", type=int, default=None, help="--clip: protect and measure only its first N frames")
     ap.add_argument("--detector", default="dlib-hog")

@@ -93,7 +93,7 @@ class ProtectOptions:
     key_interval: int = 1  # (`lb protect` passes its own default; 1 keeps the per-frame path for the API)
     propagated_steps: int = 4
     stop_nme: float = 0.1
-    stop_margin: float = 1.5
+    stop_margin: float = 3.5
     cut_error: float = 15.0
 
     def settings(self) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def _table(report: dict[str, Any]) -> list[str]:
               help="Videos: run the face detector on every N-th frame and interpolate the boxes in between "
                    "(the detector can cost more than the attack on large frames).")
 @click.option("--weights", "weights", multiple=True, metavar="NAME=PATH", help="Use this weights file.")
-@click.option("--key-interval", type=click.IntRange(1, 1000), default=8, show_default=True,
+@click.option("--key-interval", type=click.IntRange(1, 1000), default=16, show_default=True,
               help="Videos: the full attack on every N-th frame (and at scene cuts and new faces); the frames "
                    "between start from its perturbation warped along the optical flow (1: every frame, the old path).")
 @click.option("--propagated-steps", type=click.IntRange(0, 1000), default=4, show_default=True,
@@ -137,7 +137,7 @@ def _table(report: dict[str, Any]) -> list[str]:
 @click.option("--stop-nme", type=click.FloatRange(0, 10), default=0.1, show_default=True,
               help="Videos: a face between key frames stops once every attacked extractor's NME exceeds "
                    "this times --stop-margin (0: off).")
-@click.option("--stop-margin", type=click.FloatRange(1, 100), default=1.5, show_default=True,
+@click.option("--stop-margin", type=click.FloatRange(1, 100), default=3.5, show_default=True,
               help="Videos: factor on --stop-nme.")
 @click.option("--cut-error", type=click.FloatRange(0, 255, min_open=True), default=15.0, show_default=True,
               help="Videos: mean grey-level error between a frame and the previous one warped onto it along the flow "
@@ -157,7 +157,7 @@ def protect_cmd(inputs: tuple[Path, ...], outdir: Path, extractors: tuple[str, .
                 max_pixels: int | None, max_frames: int | None, no_compression_check: bool, amp: str,
                 compile_: bool, detect_every: int, weights: tuple[str, ...], example: bool, quiet: bool, as_json: bool,
                 require_broken: bool = False, start: float = 0.0, duration: float | None = None,
-                key_interval: int = 8, propagated_steps: int = 4, stop_nme: float = 0.1, stop_margin: float = 1.5,
+                key_interval: int = 16, propagated_steps: int = 4, stop_nme: float = 0.1, stop_margin: float = 3.5,
                 cut_error: float = 15.0) -> None:
     """Protect every face in INPUTS (images, folders, videos) against DeepFake face-swapping.
 
