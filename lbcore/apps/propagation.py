@@ -22,6 +22,7 @@ perturbation. :func:`warp` moves a perturbation along a planned flow.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -81,13 +82,22 @@ def dense_flow(frame_grey: np.ndarray, ref_grey: np.ndarray, dis: Any = None) ->
     return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs, ys)``: each pixel's own coordinates, float32 ``(h, w)`` (read-only; shared)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs.flags.writeable = False
+    ys.flags.writeable = False
+    return xs, ys
+
+
 def warp_numpy(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``img`` (``(h, w)`` or ``(h, w, c)``, the reference frame's grid) pulled onto the frame the
     flow ``(2, h, w)`` starts from (bilinear, zero outside)."""
     import cv2
 
     h, w = flow.shape[1:]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = _pixel_grid(h, w)
     return cv2.remap(img, xs + flow[0], ys + flow[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -190,7 +200,7 @@ class KeyFramePlanner:
         whole frame's or inside a face box's, the larger."""
         warped = warp_numpy(ref_grey.astype(np.float32), flow)
         h, w = grey.shape
-        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        xs, ys = _pixel_grid(h, w)
         # only pixels whose match lies inside the reference frame (borders uncovered by motion are not errors)
         inside = (xs + flow[0] >= 0) & (xs + flow[0] <= w - 1) & (ys + flow[1] >= 0) & (ys + flow[1] <= h - 1)
         diff = np.abs(warped - grey.astype(np.float32))
