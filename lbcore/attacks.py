@@ -109,6 +109,10 @@ class AttackConfig:
             (:class:`lbcore.ResidualAdd`) the gradient into the residual branch is scaled by
             this factor, so more of it flows back through the skip connections; the forward
             pass is unchanged. 1 (default) is off; members without marked blocks are unaffected.
+        rotate: rotation diversity: each step the image turns by a random angle in ``[-rotate,
+            rotate]`` degrees about its centre, the face boxes move with it, and each member's
+            clean reference is recomputed on the turned clean image (one more forward per member
+            and step); 0 (default) is off. Not together with ``box_jitter``.
     """
 
     loss: str = "heatmap-cosine"
@@ -144,6 +148,7 @@ class AttackConfig:
     coarse: float = 0.0
     ghost: float = 0.0
     sgm: float = 1.0
+    rotate: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -176,6 +181,10 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting ghost={cfg.ghost!r} must be in 0..1 (0: off)")
     if not isinstance(cfg.sgm, int | float) or not 0 < float(cfg.sgm) <= 1:
         raise SpecError(f"attack setting sgm={cfg.sgm!r} must be in (0, 1] (1: off)")
+    if not isinstance(cfg.rotate, int | float) or not 0 <= float(cfg.rotate) <= 90:
+        raise SpecError(f"attack setting rotate={cfg.rotate!r} must be in 0..90 degrees (0: off)")
+    if cfg.rotate > 0 and cfg.box_jitter > 0:
+        raise SpecError("attack settings rotate and box_jitter cannot be combined (each replaces the clean reference)")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

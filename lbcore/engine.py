@@ -434,6 +434,25 @@ class _Coarse:
         return torch.cat(out)
 
 
+def _rotate(x: torch.Tensor, faces: Faces, degrees: float) -> tuple[torch.Tensor, Faces]:
+    """``rotate``: the whole batch turned by ``degrees`` about the image centre (bilinear, zeros
+    outside; differentiable); each face box moves with its centre and keeps its size."""
+    _, _, h, w = x.shape
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    # output pixel p samples the input at R(-t) p (offsets from the centre, normalised coordinates)
+    theta = torch.tensor([[c, s * h / w, 0.0], [-s * w / h, c, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    b = faces.boxes
+    dx = (b[:, 0] + b[:, 2]) / 2 + 0.5 - w / 2
+    dy = (b[:, 1] + b[:, 3]) / 2 + 0.5 - h / 2
+    cx, cy = c * dx - s * dy + w / 2 - 0.5, s * dx + c * dy + h / 2 - 0.5
+    half_w, half_h = (b[:, 2] - b[:, 0]) / 2, (b[:, 3] - b[:, 1]) / 2
+    boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+    return out, Faces(boxes, faces.image_index)
+
+
 def _jitter_boxes(boxes: torch.Tensor, j: float, gen: torch.Generator) -> torch.Tensor:
     """``box_jitter``: every box scaled by a factor in ``[1 - j, 1 + j]`` about its centre and
     shifted by up to ``j / 2`` of its width and height."""
@@ -499,6 +518,15 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 with torch.no_grad():
                     refs = [run(e, x, Faces(b, faces_now.image_index)) for e, b in zip(exts, jb, strict=True)]
                 fcs = Faces(torch.cat(jb), faces_now.image_index.repeat(len(exts)))
+            rot_refs: list[Any] | None = None
+            if config.rotate > 0:
+                # one random turn per step; each member's clean reference recomputed on the turned
+                # clean image (as box_jitter), so DI afterwards moves image, boxes and references alike
+                deg = (float(torch.rand((), generator=gen)) * 2 - 1) * float(config.rotate)
+                inp, fcs = _rotate(inp, fcs, deg)
+                with torch.no_grad():
+                    turned, _ = _rotate(x, faces_now, deg)
+                    rot_refs = [run(e, turned, fcs) for e in exts]
             for d in eot:
                 inp = d(inp)
             diversified = False
@@ -507,6 +535,9 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 diversified = True
             if ghost is not None:
                 diversified = True  # (the stop rule reads outputs of the members themselves only)
+            if rot_refs is not None:
+                diversified = True
+                jit = [(fcs, r) for r in rot_refs]
             if config.box_jitter > 0:
                 diversified = True  # (the stop rule reads outputs in the attack's own boxes only)
                 nf = faces_now.boxes.shape[0]

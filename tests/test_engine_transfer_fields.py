@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lbcore.engine import _Coarse, _Ghost, _jitter_boxes, _smooth_rel, attack, preset
+from lbcore.engine import _Coarse, _Ghost, _jitter_boxes, _rotate, _smooth_rel, attack, preset
 from lbcore.errors import SpecError
 from lbcore.extractor import ConvOutput, ResidualAdd, conv_outputs, residual_adds
 from lbcore.losses import ShapeTargetLoss
@@ -215,3 +215,45 @@ def test_sgm_attack_changes_the_gradient_and_resets_gamma(batch):
 def test_sgm_out_of_range_is_a_spec_error(bad):
     with pytest.raises(SpecError, match="sgm"):
         preset("lb", sgm=bad)
+
+
+@pytest.mark.parametrize("deg", [10.0, -25.0])
+def test_rotate_moves_the_boxes_with_the_image(deg):
+    # a bright square (the "face") off-centre in a non-square image: after the turn, its box's
+    # centre is where the bright pixels went, and the box keeps its size
+    x = torch.zeros(1, 3, 90, 160)
+    x[:, :, 20:36, 110:126] = 255.0
+    faces = Faces(torch.tensor([[110.0, 20.0, 126.0, 36.0]]), torch.tensor([0]))
+    out, moved = _rotate(x, faces, deg)
+    ys, xs = torch.meshgrid(torch.arange(90.0), torch.arange(160.0), indexing="ij")
+
+    def centre(img: torch.Tensor) -> torch.Tensor:
+        m = img[0, 0]
+        return torch.stack([(m * xs).sum() / m.sum(), (m * ys).sum() / m.sum()])
+
+    def box_centre(f: Faces) -> torch.Tensor:
+        return (f.boxes[0, :2] + f.boxes[0, 2:]) / 2
+
+    # the box moves exactly as the bright pixels do
+    shift_pixels = centre(out) - centre(x)
+    shift_box = box_centre(moved) - box_centre(faces)
+    assert torch.allclose(shift_pixels, shift_box, atol=0.3), (shift_pixels, shift_box)
+    assert float(shift_pixels.norm()) > 5
+    b = moved.boxes[0]
+    assert torch.allclose(b[2:] - b[:2], torch.tensor([16.0, 16.0]))
+    assert float((out - x).abs().max()) > 100  # it did turn
+    same, _ = _rotate(x, faces, 0.0)
+    assert torch.allclose(same, x, atol=1e-3)
+
+
+def test_rotate_attack_seeded_lowers_loss_and_refuses_box_jitter(tiny_extractor, batch):
+    images, faces = batch
+    a = attack(images, faces, tiny_extractor, preset("lb", rotate=10, seed=4))
+    b = attack(images, faces, tiny_extractor, preset("lb", rotate=10, seed=4))
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert bool((a.final_loss < a.clean_loss - 0.05).all()), a.final_loss
+    assert float((a.adversarial - images).abs().max()) <= 15 + 1e-5
+    with pytest.raises(SpecError, match="rotate"):
+        preset("lb", rotate=10, box_jitter=0.1)
+    with pytest.raises(SpecError, match="rotate"):
+        preset("lb", rotate=-1)
