@@ -32,11 +32,13 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def _iou(a: object, b: object) -> float:
-    x1, y1 = max(a.left(), b.left()), max(a.top(), b.top())  # type: ignore[attr-defined]
-    x2, y2 = min(a.right(), b.right()), min(a.bottom(), b.bottom())  # type: ignore[attr-defined]
-    inter = max(0, x2 - x1) * max(0, y2 - y1)
-    union = a.area() + b.area() - inter  # type: ignore[attr-defined]
-    return inter / union if union else 0.0
+    """IoU of two dlib rectangles (lbcore's box IoU on their corners)."""
+    from lbcore.apps.propagation import box_iou
+
+    def corners(r: object) -> list[float]:
+        return [r.left(), r.top(), r.right(), r.bottom()]  # type: ignore[attr-defined]
+
+    return box_iou(corners(a), corners(b))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ sensitive at fine scales.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -274,22 +275,44 @@ class QualityGuard:
             good = self._face_ok(adv, hi)
             lo = torch.where(todo & good, hi, lo)
             todo = todo & ~good
+        lo = self.bisect(lambda s: self._face_ok(adv, s), lo, hi, todo, iters)
+        delta = adv - self.x
+
+        def blended(scale: torch.Tensor) -> torch.Tensor:
+            return self.x + self.scale_map(scale) * delta
+
+        # faces that overlap share pixels: check them together
+        lo, _ = self.settle(lambda s: self._face_ok(blended(s)), lo, shrink=0.9, tries=7)
+        return blended(lo)
+
+    @staticmethod
+    def bisect(ok_at: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
+               todo: torch.Tensor, iters: int) -> torch.Tensor:
+        """Per face, bisect between ``lo`` (meets the targets) and ``hi`` (does not) for the faces
+        in ``todo``; ``ok_at(scales)`` says, per face, whether those factors meet the targets.
+        Returns the largest factors found that do (``lo``)."""
         for _ in range(iters):
             if not bool(todo.any()):
                 break
             mid = (lo + hi) / 2
-            good = self._face_ok(adv, torch.where(todo, mid, lo))
+            good = ok_at(torch.where(todo, mid, lo))
             lo = torch.where(todo & good, mid, lo)
             hi = torch.where(todo & ~good, mid, hi)
-        delta = adv - self.x
-        out = self.x + self.scale_map(lo) * delta
-        for _ in range(6):  # faces that overlap share pixels: check them together
-            good = self._face_ok(out)
-            if bool(good.all()):
+        return lo
+
+    @staticmethod
+    def settle(ok_of: Callable[[torch.Tensor], torch.Tensor], scale: torch.Tensor, shrink: float,
+               tries: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the faces together at ``scale`` and shrink those that fail by ``shrink``, until all
+        pass or ``tries`` checks are spent (or nothing is left to shrink); returns the factors and
+        the last per-face result."""
+        ok = ok_of(scale)
+        for _ in range(tries - 1):
+            if bool(ok.all()) or not bool(scale.any()):
                 break
-            lo = torch.where(good, lo, lo * 0.9)
-            out = self.x + self.scale_map(lo) * delta
-        return out
+            scale = torch.where(ok, scale, scale * shrink)
+            ok = ok_of(scale)
+        return scale, ok
 
     def enforce_rounded(self, adv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                         tries: int = 30) -> torch.Tensor:

@@ -23,7 +23,6 @@ perturbation. :func:`warp` moves a perturbation along a planned flow.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,7 +160,7 @@ class KeyFramePlanner:
         self.key_grey: np.ndarray | None = None
         self.key_boxes: list[list[float]] = []
         self.prev_grey: np.ndarray | None = None
-        self.cut_seen = float("nan")  # the largest consecutive error past cut_error since the key frame
+        self.cut_seen: float | None = None  # the largest consecutive error past cut_error since the key frame
 
     def plan(self, index: int, rgb: np.ndarray, boxes: list[list[float]]) -> FramePlan:
         """The plan for frame ``index`` (frames must come in order, every one of them, faces or
@@ -171,12 +170,12 @@ class KeyFramePlanner:
         if prev is not None and prev.shape == grey.shape and self.key is not None:
             step = self._error(grey, prev, dense_flow(grey, prev, self.dis), boxes, s)
             if step > self.cut_error:
-                self.cut_seen = step if math.isnan(self.cut_seen) else max(self.cut_seen, step)
+                self.cut_seen = max(step, self.cut_seen or step)
         if not boxes:
             return FramePlan(index, "none")
         if self.key is None or self.key_grey is None or self.key_grey.shape != grey.shape:
             return self._new_key(index, grey, boxes, "first", None, None, float("nan"))
-        if not math.isnan(self.cut_seen):  # a cut since the key frame
+        if self.cut_seen is not None:  # a cut since the key frame
             return self._new_key(index, grey, boxes, "cut", None, None, self.cut_seen)
         flow = dense_flow(grey, self.key_grey, self.dis)
         error = self._error(grey, self.key_grey, flow, boxes, s)
@@ -191,7 +190,7 @@ class KeyFramePlanner:
     def _new_key(self, index: int, grey: np.ndarray, boxes: list[list[float]], reason: str, ref: int | None,
                  flow: np.ndarray | None, error: float) -> FramePlan:
         self.key, self.key_grey, self.key_boxes = index, grey, [list(b) for b in boxes]
-        self.cut_seen = float("nan")
+        self.cut_seen = None
         return FramePlan(index, "key", ref, flow, reason, error)
 
     @staticmethod

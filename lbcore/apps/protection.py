@@ -586,41 +586,35 @@ class _Run:
         lossy = plan["suffix"] in (".jpg", ".jpeg") or (plan["suffix"] == ".webp" and plan["quality"] is not None)
         delta = adv - x
 
-        def encode(scale: Any) -> tuple[np.ndarray, bytes, Any]:
+        last: list[Any] = []  # the latest encoding: (decoded pixels, bytes)
+
+        def encode(scale: Any) -> Any:
+            """Per face: does the file encoded with these factors meet the floor once decoded?"""
             cand = adv if scale is None else x + guard.scale_map(scale).to(delta.dtype) * delta
             rgb = cand.round().clamp(0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
             data = encode_image(rgb, loaded, plan["suffix"], **kw)
-            if not lossy:
-                return rgb, data, None
-            decoded = _decode_rgb(data, loaded)
-            ok = guard._face_ok(torch.from_numpy(decoded).permute(2, 0, 1)[None].double()) if guard.active else None
-            return decoded, data, ok
+            decoded = _decode_rgb(data, loaded) if lossy else rgb
+            last[:] = [decoded, data]
+            if not lossy or not guard.active:
+                return None
+            return guard._face_ok(torch.from_numpy(decoded).permute(2, 0, 1)[None].double())
 
         n = len(guard.regions)
-        decoded, data, ok = encode(torch.ones(n, dtype=torch.float64) if n else None)
+        ok = encode(torch.ones(n, dtype=torch.float64) if n else None)
         if ok is None or bool(ok.all()):
-            return decoded, data
-        lo = torch.where(ok, 1.0, 0.0).double()
-        hi = torch.ones(n, dtype=torch.float64)
-        todo = ~ok
-        for _ in range(6):  # per face: the largest factor that holds after the re-encode (to 1/64)
-            mid = torch.where(todo, (lo + hi) / 2, lo)
-            decoded, data, ok = encode(mid)
-            lo = torch.where(todo & ok, mid, lo)
-            hi = torch.where(todo & ~ok, mid, hi)
-        for _ in range(8):  # faces whose regions share JPEG blocks: check them together
-            decoded, data, ok = encode(lo)
-            if bool(ok.all()) or not bool(lo.any()):
-                break
-            lo = torch.where(ok, lo, lo * 0.7)
+            return last[0], last[1]
+        # per face: the largest factor that holds after the re-encode (to 1/64), then the faces
+        # whose regions share JPEG blocks checked together
+        lo = guard.bisect(encode, torch.where(ok, 1.0, 0.0).double(), torch.ones(n, dtype=torch.float64), ~ok, 6)
+        _, ok = guard.settle(encode, lo, shrink=0.7, tries=8)
         if bool(ok.all()):
-            return decoded, data
+            return last[0], last[1]
         from lbcore.io import display_path
 
         self.notes.append(f"{display_path(loaded.path)}: {plan['suffix'].lstrip('.')} quality {plan['quality']}: the re-encode alone costs more "
                           f"similarity than the budget (SSIM {cfg.ssim_min}, PSNR {cfg.psnr_min} dB) allows; "
                           "use a higher --quality or --format png")
-        return decoded, data
+        return last[0], last[1]
 
     def output_path(self, entry: Any) -> Path:
         """Where an input's protected file goes (the input's relative path under the output folder)."""
@@ -932,8 +926,8 @@ class _Run:
 
             planner = KeyFramePlanner(self.o.key_interval, cut_error=self.o.cut_error)
         deltas: dict[int, Any] = {}
-        passes_before, n_keys = self.passes_spent, 0
-        key_reasons: dict[str, int] = {}
+        passes_before = self.passes_spent
+        key_reasons: dict[str, int] = {}  # key frames with faces, by reason
 
         # (the background thread's running state: frame number, the last frame's face boxes)
         done_frames = [0 if span is None else span[0]]
@@ -984,7 +978,6 @@ class _Run:
                                 adv = self.attack_planned(x, boxes, plans, deltas)
                                 for p, bs in zip(plans, boxes, strict=True):
                                     if p.kind == "key" and bs:  # (a key frame with no face costs nothing)
-                                        n_keys += 1
                                         key_reasons[p.reason] = key_reasons.get(p.reason, 0) + 1
                             else:
                                 if prev_delta is not None and prev_delta.shape == x.shape[1:]:
@@ -1035,7 +1028,7 @@ class _Run:
         self.video_record(record, stats, n_frames, n_faces, n_small, info.fps, audio)
         spent = self.passes_spent - passes_before
         record.update(extractor_passes=spent, passes_per_face=round(spent / n_faces, 2) if n_faces else None,
-                      key_interval=self.o.key_interval, key_frames=n_keys if planner is not None else None,
+                      key_interval=self.o.key_interval, key_frames=sum(key_reasons.values()) if planner is not None else None,
                       key_frame_reasons=dict(sorted(key_reasons.items())) if planner is not None else None)
         if raw is not None:
             raw.update(frames=n_frames, faces_protected=n_faces, skipped_small_faces=n_small, stats=stats)
