@@ -146,6 +146,22 @@ class QualityGuard:
             self.regions.append((int(img), ssim_reg, psnr_reg))
             self.scopes.append(self._scope(box, h, w, x.device))
         self.kernel = _gauss1d(_SSIM_SIGMA, r, x.device, torch.float32)
+        # a face whose measured pixels another face's scope reaches: its figure depends on both
+        # factors, so a projection checks it on the blended image (the others, on their own terms)
+        self.shared = [self._reached(f) for f in range(len(self.regions))]
+        self._clean: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def _reached(self, f: int) -> bool:
+        img, sreg, preg = self.regions[f]
+        r = _SSIM_RADIUS
+        spans = ([(sreg[0] - r, sreg[1] - r, sreg[2] + r, sreg[3] + r)] if sreg else []) + ([preg] if preg else [])
+        for g, ((gimg, _, _), scope) in enumerate(zip(self.regions, self.scopes, strict=True)):
+            if g == f or gimg != img or scope is None:
+                continue
+            a, b, c, d, _ = scope
+            if any(a < x2 and x1 < c and b < y2 and y1 < d for x1, y1, x2, y2 in spans):
+                return True
+        return False
 
     @staticmethod
     def _scope(box: list[float], h: int, w: int, device: Any) -> tuple[int, int, int, int, torch.Tensor] | None:
@@ -182,32 +198,89 @@ class QualityGuard:
     def active(self) -> bool:
         return self.ssim_min > 0 or self.psnr_min > 0
 
-    def _ssim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Mean SSIM over the valid (window fully inside) pixels of ``(C, h, w)`` crops."""
+    def _filt(self, t: torch.Tensor) -> torch.Tensor:
+        """Valid separable Gaussian filtering (the SSIM window) of a ``(C, h, w)`` crop."""
         k = self.kernel
-        c = a.shape[0]
+        c = t.shape[0]
         wx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
         wy = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+        return F.conv2d(F.conv2d(t[None], wx, groups=c), wy, groups=c)[0]
 
-        def filt(t: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(F.conv2d(t[None], wx, groups=c), wy, groups=c)[0]
+    def _clean_terms(self, f: int) -> tuple[torch.Tensor, ...]:
+        """Face ``f``'s SSIM crop of the clean image centred at 128, its local means and
+        variances (computed once per guard)."""
+        if f not in self._clean:
+            img, (x1, y1, x2, y2), _ = self.regions[f]  # type: ignore[misc]
+            r = _SSIM_RADIUS
+            ac = self.x[img, :, y1 - r:y2 + r, x1 - r:x2 + r].float() - 128.0
+            mac = self._filt(ac)
+            self._clean[f] = (ac, mac, self._filt(ac * ac) - mac * mac)
+        return self._clean[f]
 
+    @staticmethod
+    def _ssim_of(mac: torch.Tensor, mbc: torch.Tensor, va: torch.Tensor, vb: torch.Tensor,
+                 cab: torch.Tensor) -> torch.Tensor:
         c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
-        # (co)variances are shift-invariant: computed on values centred at 128 they keep float32
-        # accurate (squares of 0..255 values would lose the small variances of flat skin)
-        ac, bc = a - 128.0, b - 128.0
-        mac, mbc = filt(ac), filt(bc)
-        va = filt(ac * ac) - mac * mac
-        vb = filt(bc * bc) - mbc * mbc
-        cab = filt(ac * bc) - mac * mbc
         ma, mb = mac + 128.0, mbc + 128.0
         s = ((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
         return s.double().mean()
 
-    def measure(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ssim(self, f: int, b: torch.Tensor) -> torch.Tensor:
+        """Mean SSIM over the valid (window fully inside) pixels of face ``f``'s ``(C, h, w)``
+        crop ``b`` against the clean one."""
+        # (co)variances are shift-invariant: computed on values centred at 128 they keep float32
+        # accurate (squares of 0..255 values would lose the small variances of flat skin)
+        ac, mac, va = self._clean_terms(f)
+        bc = b - 128.0
+        mbc = self._filt(bc)
+        vb = self._filt(bc * bc) - mbc * mbc
+        cab = self._filt(ac * bc) - mac * mbc
+        return self._ssim_of(mac, mbc, va, vb, cab)
+
+    def _along(self, adv: torch.Tensor) -> list[tuple[torch.Tensor, ...] | None]:
+        """Per face, what its SSIM and PSNR along ``x + s * (adv - x)`` need, for any ``s``
+        without filtering again: with ``d = adv - x`` on the crop, the local mean of ``d``, its
+        variance and its covariance with the clean crop (the adversarial crop's mean is
+        ``mean_x + s mean_d``, its variance ``var_x + 2 s cov + s^2 var_d``, the cross term
+        ``var_x + s cov``), and the box's mean squared change (which scales with ``s^2``)."""
+        r = _SSIM_RADIUS
+        out: list[tuple[torch.Tensor, ...] | None] = []
+        for f, (img, sreg, preg) in enumerate(self.regions):
+            terms: tuple[torch.Tensor, ...] = ()
+            if sreg is not None:
+                x1, y1, x2, y2 = sreg
+                ac, mac, va = self._clean_terms(f)
+                d = adv[img, :, y1 - r:y2 + r, x1 - r:x2 + r].float() - (ac + 128.0)
+                md = self._filt(d)
+                terms = (mac, va, md, self._filt(ac * d) - mac * md, self._filt(d * d) - md * md)
+            if preg is not None:
+                x1, y1, x2, y2 = preg
+                dp = adv[img, :, y1:y2, x1:x2].double() - self.x[img, :, y1:y2, x1:x2].double()
+                terms = (*terms, (dp * dp).mean())
+            out.append(terms)
+        return out
+
+    def _ok_along(self, along: list[tuple[torch.Tensor, ...] | None], scale: torch.Tensor) -> torch.Tensor:
+        """Per face: it meets the targets at ``x + scale[f] * (adv - x)`` (from :meth:`_along`)."""
+        ok = torch.ones(len(self.regions), dtype=torch.bool)
+        for f, ((_, sreg, preg), terms) in enumerate(zip(self.regions, along, strict=True)):
+            assert terms is not None
+            s = float(scale[f])
+            if sreg is not None and self.ssim_min > 0:
+                mac, va, md, cov, vd = terms[:5]
+                val = float(self._ssim_of(mac, mac + s * md, va, va + 2 * s * cov + s * s * vd, va + s * cov))
+                ok[f] &= not val < self.ssim_min  # (NaN passes, as in _face_ok)
+            if preg is not None and self.psnr_min > 0:
+                mse = float(terms[-1]) * s * s
+                ok[f] &= mse <= 0 or 10 * math.log10(_RANGE**2 / mse) >= self.psnr_min
+        return ok
+
+    def measure(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None,
+                only: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-face ``(ssim, psnr)`` of ``adv`` against the clean images (NaN where the box has
         no measurable pixel; PSNR ``inf`` for an unchanged box). With ``face_scale``, face ``f``
-        is measured on ``x + face_scale[f] * (adv - x)`` (computed on its crops only)."""
+        is measured on ``x + face_scale[f] * (adv - x)`` (computed on its crops only). With
+        ``only``, the faces it marks False are not measured (NaN)."""
         r = _SSIM_RADIUS
         ss, ps = [], []
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=adv.device)
@@ -219,12 +292,17 @@ class QualityGuard:
                 b = a + float(face_scale[f]) * (b - a)
             return a, b
 
+        def ssim_crop(f: int, img: int, y1: int, y2: int, x1: int, x2: int) -> torch.Tensor:
+            return self._ssim(f, crop(f, img, y1, y2, x1, x2)[1])
+
         for f, (img, sreg, preg) in enumerate(self.regions):
+            if only is not None and not only[f]:
+                sreg = preg = None
             if sreg is None:
                 ss.append(nan)
             else:
                 x1, y1, x2, y2 = sreg
-                ss.append(self._ssim(*crop(f, img, y1 - r, y2 + r, x1 - r, x2 + r)))
+                ss.append(ssim_crop(f, img, y1 - r, y2 + r, x1 - r, x2 + r))
             if preg is None:
                 ps.append(nan)
             else:
@@ -235,9 +313,11 @@ class QualityGuard:
                           else torch.tensor(float("inf"), dtype=torch.float64, device=adv.device))
         return torch.stack(ss), torch.stack(ps)
 
-    def _face_ok(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Per face: it meets the targets (a face without measurable pixels always does)."""
-        s, p = self.measure(adv, face_scale)
+    def _face_ok(self, adv: torch.Tensor, face_scale: torch.Tensor | None = None,
+                 only: list[bool] | None = None) -> torch.Tensor:
+        """Per face: it meets the targets (a face without measurable pixels, or one ``only``
+        leaves out, always does)."""
+        s, p = self.measure(adv, face_scale, only)
         s, p = s.cpu(), p.cpu()
         ok = torch.ones(len(self.regions), dtype=torch.bool)
         if self.ssim_min > 0:
@@ -255,34 +335,46 @@ class QualityGuard:
 
     def project(self, adv: torch.Tensor, iters: int = 7) -> torch.Tensor:
         """``x + m * (adv - x)`` where the scale map ``m`` gives each face the largest factor
-        in [0, 1] (to ``2^-iters``) that meets the targets."""
+        in [0, 1] (to ``2^-iters``) that meets the targets.
+
+        The factors are searched along each face's own line (:meth:`_along`: three filterings
+        per face, then every trial factor costs only arithmetic); faces whose measured pixels
+        another face's scope reaches are then checked together on the blended image."""
         if not self.active or not self.regions:
             return adv
-        ok = self._face_ok(adv)
+        along = self._along(adv)
+        n = len(self.regions)
+        one = torch.ones(n, dtype=torch.float64)
+        ok = self._ok_along(along, one)
         if bool(ok.all()):
             return adv
-        n = len(self.regions)
         lo = torch.where(ok, 1.0, 0.0).double()
-        hi = torch.ones(n, dtype=torch.float64)
+        hi = one.clone()
         if self.psnr_min > 0:
             # the box MSE scales with s^2: the PSNR floor gives an upper end in closed form
-            _, p = self.measure(adv)
-            p = p.cpu()
-            low = torch.isfinite(p) & (p < self.psnr_min) & ~ok
-            hi = torch.where(low, 10 ** ((p - self.psnr_min) / 20), hi)
+            for f, terms in enumerate(along):
+                if not bool(ok[f]) and terms and self.regions[f][2] is not None and float(terms[-1]) > 0:
+                    p = 10 * math.log10(_RANGE**2 / float(terms[-1]))
+                    if p < self.psnr_min:
+                        hi[f] = 10 ** ((p - self.psnr_min) / 20)
         todo = ~ok
         if bool((hi < 1).any()):  # the closed-form PSNR end is often the answer already
-            good = self._face_ok(adv, hi)
+            good = self._ok_along(along, hi)
             lo = torch.where(todo & good, hi, lo)
             todo = todo & ~good
-        lo = self.bisect(lambda s: self._face_ok(adv, s), lo, hi, todo, iters)
+        lo = self.bisect(lambda s: self._ok_along(along, s), lo, hi, todo, iters)
         delta = adv - self.x
 
         def blended(scale: torch.Tensor) -> torch.Tensor:
             return self.x + self.scale_map(scale) * delta
 
-        # faces that overlap share pixels: check them together
-        lo, _ = self.settle(lambda s: self._face_ok(blended(s)), lo, shrink=0.9, tries=7)
+        shared = torch.tensor(self.shared, dtype=torch.bool)
+        if bool(shared.any()) and bool((lo < 1).any()):
+            # faces that overlap share pixels: check them together
+            def ok_of(s: torch.Tensor) -> torch.Tensor:
+                return torch.where(shared, self._face_ok(blended(s), only=self.shared), self._ok_along(along, s))
+
+            lo, _ = self.settle(ok_of, lo, shrink=0.9, tries=7)
         return blended(lo)
 
     @staticmethod

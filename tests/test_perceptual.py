@@ -109,6 +109,39 @@ def test_guard_ssim_equals_the_metric():
     assert float(p[0]) == pytest.approx(psnr(a, b, mask=box), abs=1e-6)
 
 
+def test_the_projection_searches_each_face_along_its_line_as_measuring_would():
+    """The projection's per-face search (three filterings, then arithmetic for every trial
+    factor) gives the SSIM and PSNR that measuring ``x + s * (adv - x)`` gives; and with two
+    overlapping faces (which share pixels, so they are checked on the blended image) every face
+    of the projected image meets both floors, at a factor no smaller than needed."""
+    from lbcore.perceptual import QualityGuard
+
+    x = torch.cat([_image(), _image(1)], dim=3).repeat(2, 1, 1, 1)  # two images
+    faces = Faces.from_lists([[[16.0, 12.0, 112.0, 84.0], [90.0, 20.0, 170.0, 90.0]], [[80.0, 10.0, 150.0, 80.0]]])
+    adv = (x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 9).clamp(0, 255)
+    guard = QualityGuard(x, faces, 0.93, 33.0)
+    assert guard.shared == [True, True, False]
+    along = guard._along(adv)
+    for s in (0.05, 0.4, 1.0):
+        scale = torch.full((3,), s, dtype=torch.float64)
+        ssim, p = guard.measure(adv, scale)
+        for f, terms in enumerate(along):
+            mac, va, md, cov, vd = terms[:5]
+            fast = float(guard._ssim_of(mac, mac + s * md, va, va + 2 * s * cov + s * s * vd, va + s * cov))
+            assert fast == pytest.approx(float(ssim[f]), abs=1e-5)
+            assert 10 * math.log10(255.0**2 / (float(terms[-1]) * s * s)) == pytest.approx(float(p[f]), abs=1e-6)
+        assert guard._ok_along(along, scale).tolist() == guard._face_ok(adv, scale).tolist()
+    out = guard.project(adv)
+    ssim, p = guard.measure(out)
+    assert bool((ssim >= 0.93).all()) and bool((p >= 33.0).all()), (ssim, p)
+    # tight: each face's change is near the most its floor allows (within the 2^-7 bisection and
+    # the 0.9 shrink of the joint check)
+    loose = QualityGuard(x, faces, 0.0, 0.0)
+    assert float(loose.measure(adv)[0].max()) < 0.93
+    ssim_hi, _ = guard.measure(guard.x + 1.15 * (out - guard.x))
+    assert bool((ssim_hi < 0.93).any())
+
+
 def test_l2_update_rule_step_size():
     from lbcore.optimizers import MomentumL2
 
