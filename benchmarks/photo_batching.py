@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lbcore.apps import protection
-    from lbcore.extractor import HeatmapExtractor
+    from lbcore.extractor import Extractor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing input {missing[0]} (the sample photos live in ../shared/data)", file=sys.stderr)
         return 3
 
-    # count every network call of a heat-map extractor (class level: the batched path calls
-    # the class's forward_crops too)
+    # count every network call of an extractor whose calls photos share (class level: the
+    # batched path calls the class's forward_crops too)
     counts = {"calls": 0, "crops": 0}
     lock = threading.Lock()
     patched: dict[type, Any] = {}
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         pm.build("extractors", spec)
     if not args.extractor:
         protection.default_extractor_specs(pm)
-    for cls in _subclasses(HeatmapExtractor):
-        if "forward_crops" in cls.__dict__:
+    for cls in _subclasses(Extractor):
+        if "forward_crops" in cls.__dict__ and getattr(cls, "shares_crops", False):
             counting(cls)
 
     tmp = Path(tempfile.mkdtemp(prefix="lb-photo-batching-"))

@@ -201,6 +201,12 @@ class Extractor(torch.nn.Module):
     """
 
     scheme: LandmarkScheme
+    shares_crops: bool = False
+    """Whether photos may share this extractor's network calls (``lb protect --photo-batch``):
+    ``forward`` runs the network as ``self.forward_crops(crops)``, which maps a batch of face crops
+    to per-crop rows (a tensor, or a tuple of it and per-crop extras that no loss differentiates)
+    and, on the CPU with oneDNN off, gives every crop the same numbers alone and in a batch of
+    up to 15."""
 
     def forward(self, images: torch.Tensor, faces: Faces) -> ExtractorOutput:  # pragma: no cover
         raise NotImplementedError
@@ -224,6 +230,7 @@ class HeatmapExtractor(Extractor):
     """
 
     input_size: tuple[int, int] = (256, 256)
+    shares_crops = True
 
     def crop_theta(self, boxes: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """``(F, 4)`` boxes -> ``(F, 2, 3)`` maps from crop pixels to image pixels."""

@@ -4,7 +4,7 @@ Photos differ in size, output format and therefore attack settings (a JPEG outpu
 through a differentiable JPEG at its own quality), so they cannot be stacked into one image
 tensor without changing what each attack computes. Instead every photo of a batch runs its own,
 unchanged :func:`lbcore.engine.attack` in a worker thread, and only the expensive part, the
-extractor's network on the face crops (:meth:`~lbcore.extractor.HeatmapExtractor.forward_crops`),
+extractor's network on the face crops (its ``forward_crops``),
 is shared: when every worker waits on a network call, the crops of all of them go through the
 network as one batch (forward, and the backward of the gradient with respect to the crops), and
 each worker gets its own rows back. Everything per photo - crops, losses, the update rule, the
@@ -13,8 +13,10 @@ the protected pixels are identical wherever the network gives each face the same
 batch as alone (true of the convolutional extractors on the CPU; checked by the tests and by
 ``benchmarks/photo_batching.py``).
 
-Only heat-map extractors (:class:`~lbcore.extractor.HeatmapExtractor`) are shared; other members
-of an ensemble run in each photo's thread as they are. The caller
+Only extractors that say so (:attr:`lbcore.extractor.Extractor.shares_crops`: the heat-map
+networks and MediaPipe's meshes) are shared; other members of an ensemble run in each photo's
+thread as they are. A shared call's per-crop extras (MediaPipe's face-presence score) come back
+without a gradient. The caller
 (:meth:`lbcore.apps.protection._Run.attack_photos`) falls back to file by file for settings whose
 randomness is not drawn from the per-photo generator (``--robust``: a random JPEG quality from
 torch's global generator) and for feature-mixing hooks or ``--compile``.
@@ -112,8 +114,9 @@ class CrossFileBatcher:
     """Runs several attacks (one per photo) in lockstep, sharing the extractors' network calls.
 
     Args:
-        extractors: the attacked extractors (heat-map extractors; their ``forward_crops`` is
-            routed through the batcher for the worker threads while :meth:`run` runs).
+        extractors: the attacked extractors whose calls are shared (``shares_crops``; their
+            ``forward_crops`` is routed through the batcher for the worker threads while
+            :meth:`run` runs).
         invariant: run the shared network calls (forward and backward) with oneDNN off, so that
             a face gets the same numbers whatever else is in the batch (CPU).
         max_crops: the most face crops in one shared call (several photos' crops; a photo with

@@ -718,13 +718,12 @@ class _Run:
 
     def batchable(self, job: _PhotoJob) -> bool:
         """Whether a photo's attack may share network calls with others without changing it:
-        a heat-map extractor to share (others, such as MediaPipe's, run in each photo's thread
-        unshared), randomness only from the per-photo generator, no hooks or compile."""
-        from lbcore.extractor import HeatmapExtractor
-
+        an extractor whose calls can be shared (``Extractor.shares_crops``: heat-map networks and
+        MediaPipe's; others run in each photo's thread unshared), randomness only from the
+        per-photo generator, no hooks or compile."""
         cfg = job.plan["config"]
         stochastic = any(getattr(self.pm.build("degradations", s), "stochastic", False) for s in cfg.eot)
-        return (self.o.photo_batch > 1 and any(isinstance(e, HeatmapExtractor) for e in self.attacked.values())
+        return (self.o.photo_batch > 1 and any(getattr(e, "shares_crops", False) for e in self.attacked.values())
                 and not stochastic
                 and float(cfg.feature_mix) == 0 and not self.performance.compile)
 
@@ -734,7 +733,6 @@ class _Run:
         (:mod:`lbcore.apps.photo_batch`); each result is the protected pixels or the exception
         that photo's attack raised. The same pixels as one by one."""
         from lbcore.apps.photo_batch import CrossFileBatcher
-        from lbcore.extractor import HeatmapExtractor
 
         together = [j for j in jobs if self.batchable(j)]
         results: dict[int, Any] = {}
@@ -765,7 +763,7 @@ class _Run:
                 return fn
 
             # (CPU: the shared network calls run kernels whose results do not depend on the batch)
-            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if isinstance(e, HeatmapExtractor)],
+            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if getattr(e, "shares_crops", False)],
                                             invariant=self.device.type == "cpu")
             try:
                 out = self.batcher.run([job_fn(j) for j in together])

@@ -61,6 +61,7 @@ class FaceMeshExtractor(Extractor):
 
     scheme = IBUG68
     input_size = (INPUT_SIZE, INPUT_SIZE)
+    shares_crops = True  # (the replay's convolutions are batch-invariant on the CPU: tflite_torch._conv2d)
 
     def __init__(self, net: TFLiteNet, scale: float = ROI_SCALE, sigma: float = 12.0) -> None:
         super().__init__()

@@ -134,3 +134,50 @@ def test_the_paper_attack_moves_the_mesh_on_a_real_face(ext, faces68):
     clean = ext.predict(x, faces)[0].numpy()
     adv = ext.predict(res.adversarial, faces)[0].numpy()
     assert float(nme(adv, clean)) > 0.05
+
+
+def test_photos_share_the_mesh_calls_and_keep_their_outputs(tmp_path, face_mesh_path, faces68, monkeypatch):
+    """``lb protect --photo-batch``: three face photos (PNG and JPEG) attacked on MediaPipe
+    together share its network calls (one call carries all three photos' crops), and every
+    written file and the report are byte-identical to pairs (a photo's output does not depend
+    on what it is grouped with)."""
+    import hashlib
+    import json
+
+    import cv2
+
+    from lbcore.apps import photo_batch
+    from lbcore.apps.protection import protect
+
+    src = tmp_path / "in"
+    src.mkdir()
+    box = (40.0, 40.0, 120.0, 120.0)
+    for k, (_name, img, gt) in enumerate(faces68[1:4]):  # each face cropped to fill one box of a 160-px photo
+        x1, y1, x2, y2 = box_from_landmarks(gt)
+        s = max(x2 - x1, y2 - y1) / 80.0
+        m = np.float32([[1 / s, 0, 40 - x1 / s], [0, 1 / s, 40 - y1 / s]])
+        crop = cv2.warpAffine(img, m, (160, 160), flags=cv2.INTER_AREA)
+        path = src / f"{k}{'.jpg' if k == 1 else '.png'}"
+        cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    spec = f"mediapipe:weights={face_mesh_path}"
+    calls: list[int] = []
+    forward = photo_batch.CrossFileBatcher._forward_part
+
+    def counting(self, reqs):
+        calls.append(len(reqs))
+        return forward(self, reqs)
+
+    monkeypatch.setattr(photo_batch.CrossFileBatcher, "_forward_part", counting)
+    outs = {}
+    for n in (2, 3):
+        out = tmp_path / f"out{n}"
+        rep = protect([src], out, extractors=(spec,), boxes=(box,), steps=2, held_out=("none",),
+                      check_compression=False, photo_batch=n)
+        assert rep["summary"]["files"] == {"protected": 3}
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
+                 if p.suffix in (".png", ".jpg")}
+        outs[n] = (files, json.dumps({"files": rep["files"], "summary": rep["summary"]}, sort_keys=True)
+                   .replace(str(out), "OUT"))
+    assert len(outs[2][0]) == 3
+    assert outs[2] == outs[3]
+    assert max(calls) == 3

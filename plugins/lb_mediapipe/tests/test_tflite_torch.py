@@ -84,6 +84,38 @@ def test_batches_give_the_same_outputs_as_single_images(face_mesh_path):
     assert torch.allclose(both[1:2], one, atol=1e-3)
 
 
+@pytest.mark.parametrize("model", ["mediapipe", "mediapipe-attention"])
+def test_each_crop_gets_the_same_numbers_alone_and_in_a_batch(model, face_mesh_path, attention_path):
+    """What lets photos share the meshes' network calls (``lb protect --photo-batch``): with
+    oneDNN off, as the batcher runs them on the CPU, a crop's points and its gradient are
+    bit-identical alone and at every position of a batch of up to 15 (PyTorch's own depthwise and
+    1x1 convolution kernels were not: crops 1-3 of every 4 differed in the last bits)."""
+    from lb_mediapipe import plugin
+
+    ext = (plugin.mediapipe(weights=str(face_mesh_path)) if model == "mediapipe"
+           else plugin.mediapipe_attention(weights=str(attention_path)))
+    x = torch.rand(15, 3, 192, 192, generator=torch.Generator().manual_seed(3)) * 255
+
+    def run(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = crops.clone().requires_grad_(True)
+        points, _ = ext.forward_crops(crops)
+        (grad,) = torch.autograd.grad((points[..., :2] - 96.0).square().sum(), crops)
+        return points.detach(), grad
+
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        points, grad = run(x)
+        for i in (0, 1, 2, 3, 6, 14):
+            p1, g1 = run(x[i:i + 1])
+            assert torch.equal(p1[0], points[i]) and torch.equal(g1[0], grad[i]), i
+        p2, g2 = run(x[5:7])
+        assert torch.equal(p2, points[5:7]) and torch.equal(g2, grad[5:7])
+    finally:
+        torch.backends.mkldnn.enabled = before  # type: ignore[assignment]
+    assert ext.shares_crops
+
+
 def test_every_convolution_is_marked_for_the_attack_hooks(face_mesh_path):
     # feature_mix and ghost hook convolution outputs; the replayed graph runs F.conv2d, so each
     # CONV_2D / DEPTHWISE_CONV_2D output passes through one ConvOutput, in graph order
