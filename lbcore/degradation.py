@@ -20,6 +20,10 @@ class Degradation:
     differentiable: bool = False
     stochastic: bool = False
     video: bool = False
+    local_radius: int | None = None
+    """How far (pixels) a pixel's result depends on its neighbours, where that is bounded and
+    position-independent on a 16-pixel grid (``lb protect`` may then attack a window of a large
+    photo); ``None``: unknown or the whole image."""
 
     def __call__(self, images: Any) -> Any:  # pragma: no cover
         raise NotImplementedError

@@ -688,8 +688,6 @@ class _Run:
 
     def attack_photo(self, job: _PhotoJob, on_step: Callable[[int, int], None] | None = None) -> Any:
         """The protected pixels of one photo (float, integer values, on the CPU)."""
-        from lbcore.engine import attack
-
         if on_step is None and self.bars:
             self.log(f"{_shown(job.entry.path)}: {len(job.keep)} face(s) found; protecting "
                      f"({self.config.steps} attack steps)")
@@ -705,9 +703,77 @@ class _Run:
             if isinstance(res, BaseException):
                 raise res
             return res
-        res = attack(job.x, job.faces, list(self.attacked.values()), job.plan["config"], device=self.device,
+        return self.attack_job(job, on_step)
+
+    def attack_job(self, job: _PhotoJob, on_step: Callable[[int, int], None] | None) -> Any:
+        """The engine on the photo's :meth:`attack_window` (the whole photo where none), the
+        result pasted back: the protected pixels (float, integer values, on the CPU)."""
+        from lbcore.engine import attack
+        from lbcore.types import Faces
+
+        win = self.attack_window(job)
+        x, faces = job.x, job.faces
+        if win is not None:
+            x0, y0, x1, y1 = win
+            x = x[:, :, y0:y1, x0:x1]
+            faces = Faces(faces.boxes - faces.boxes.new_tensor([x0, y0, x0, y0]), faces.image_index)
+        res = attack(x, faces, list(self.attacked.values()), job.plan["config"], device=self.device,
                      plugin_manager=self.pm, performance=self.performance, on_step=on_step)
-        return res.adversarial.to(self.torch.uint8).cpu().float()
+        adv = res.adversarial.to(self.torch.uint8).cpu().float()
+        if win is None:
+            return adv
+        full = job.x.clone()
+        full[:, :, y0:y1, x0:x1] = adv
+        return full
+
+    def attack_window(self, job: _PhotoJob) -> tuple[int, int, int, int] | None:
+        """``(x0, y0, x1, y1)``: the part of the photo its attack needs, or ``None`` for all of it.
+
+        Every attacked extractor sees only its crop of each face, and with the default settings
+        nothing else in the attack reaches further than a few pixels (the budget maps' blur, the
+        differentiable JPEG's 16-pixel blocks and its chroma upsampling): the window holds every
+        crop of every face plus ``32`` pixels and the stages' reach, its corner on the JPEG block
+        grid (the blocks are the file's blocks). Attacking it instead of a large photo gives the
+        same perturbation at a fraction of the cost (the whole-image work of every step: the
+        differentiable JPEG, the crops' backward, the update rule, the budget). Settings that
+        transform the whole image (input diversity, rotation, box jitter, the coarse grid, TI
+        smoothing), stages without a known reach, and extractors without a crop rule
+        (``crop_theta`` and ``input_size``) attack the whole photo."""
+        import math
+
+        torch = self.torch
+        cfg = job.plan["config"]
+        if (cfg.diversity_prob > 0 or cfg.rotate > 0 or cfg.box_jitter > 0 or cfg.coarse > 0 or cfg.ti_sigma > 0
+                or cfg.ti_rel > 0):
+            return None
+        reach = 0
+        for spec in cfg.eot:
+            r = getattr(self.pm.build("degradations", spec), "local_radius", None)
+            if r is None:
+                return None
+            reach = max(reach, int(r))
+        boxes = job.faces.boxes.float().cpu()
+        lo = torch.full((2,), math.inf)
+        hi = torch.full((2,), -math.inf)
+        for ext in self.attacked.values():
+            if not (hasattr(ext, "crop_theta") and hasattr(ext, "input_size")):
+                return None
+            ch, cw = ext.input_size
+            theta = ext.crop_theta(boxes).float()
+            corners = torch.tensor([[-0.5, -0.5, 1.0], [cw - 0.5, -0.5, 1.0], [-0.5, ch - 0.5, 1.0],
+                                    [cw - 0.5, ch - 0.5, 1.0]])
+            pts = torch.einsum("fij,kj->fki", theta, corners).reshape(-1, 2)
+            lo = torch.minimum(lo, pts.min(0).values)
+            hi = torch.maximum(hi, pts.max(0).values)
+        h, w = int(job.x.shape[2]), int(job.x.shape[3])
+        margin = 32 + reach
+        x0 = max(0, int(math.floor((float(lo[0]) - margin) / 16)) * 16)
+        y0 = max(0, int(math.floor((float(lo[1]) - margin) / 16)) * 16)
+        x1 = min(w, int(math.ceil(float(hi[0]) + margin)))
+        y1 = min(h, int(math.ceil(float(hi[1]) + margin)))
+        if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > 0.8 * h * w:
+            return None
+        return x0, y0, x1, y1
 
     def step_bar(self, desc: str, total: int | None = None) -> Any:
         """A terminal progress bar of attack steps (cleared when done)."""
@@ -737,8 +803,6 @@ class _Run:
         together = [j for j in jobs if self.batchable(j)]
         results: dict[int, Any] = {}
         if together and (len(together) > 1 or not announce):
-            from lbcore.engine import attack
-
             bar = None
             lock = __import__("threading").Lock()
             for j in together if announce else ():
@@ -757,9 +821,7 @@ class _Run:
 
             def job_fn(j: _PhotoJob) -> Callable[[], Any]:
                 def fn() -> Any:
-                    res = attack(j.x, j.faces, list(self.attacked.values()), j.plan["config"], device=self.device,
-                                 plugin_manager=self.pm, performance=self.performance, on_step=tick)
-                    return res.adversarial.to(self.torch.uint8).cpu().float()
+                    return self.attack_job(j, tick)
                 return fn
 
             # (CPU: the shared network calls run kernels whose results do not depend on the batch)

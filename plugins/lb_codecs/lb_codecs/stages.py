@@ -145,9 +145,15 @@ class DiffJPEG(Degradation):
     With ``quality_range=(lo, hi)`` every call draws one integer quality per image, uniformly
     in ``lo..hi`` from torch's global generator (which :func:`lbcore.attack` seeds), for
     expectation over transformation.
+
+    ``local_radius``: a pixel's result depends on its own 16-pixel block (luma 8, chroma 16
+    with 4:2:0) and, through the chroma upsampling, the next one's edge; a window of the image
+    on the block grid gives the same values away from its border (``lb protect`` attacks such
+    windows of large photos).
     """
 
     differentiable = True
+    local_radius = 16
 
     def __init__(self, quality: int = 75, quality_range: tuple[int, int] | None = None,
                  rounding: str = "ste", subsampling: str = "420") -> None:
