@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default="auto", help="output format (png: no differentiable JPEG in the attack)")
     ap.add_argument("--modes", default="one-by-one,pairs,batched")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--keep", type=Path, default=None, help="copy each mode's report.json to KEEP/MODE.json")
     args = ap.parse_args(argv)
 
     import torch
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             faces = int(report["summary"]["photo_faces"])
             results[mode] = (_digests(out), _figures(report, out))
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out / "report.json", args.keep / f"{mode}.json")
             rows.append((mode, bs, wall, faces, counts["calls"], counts["crops"]))
             shutil.rmtree(out, ignore_errors=True)
     finally:
