@@ -85,3 +85,52 @@ def test_attack_amp_bf16_and_compile_on_the_cpu(tiny_plugin, shared, tmp_path):
     res = _lb("attack", src, "-o", tmp_path / "fp16", "--extractor", "tiny", "--amp", "fp16", "--box", "1,1,50,50")
     assert res.returncode == 2 and res.stderr.strip().startswith("lb: error:") and "fp16 is for CUDA" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_attack_batched_across_files_gives_the_same_files(tiny_plugin, shared, tmp_path):
+    """``lb attack --batch-size N``: four photos (two sizes) attacked in pairs and all together
+    share the network calls and write byte-identical files and the same loss figures."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("obama-240p.jpg", "two_people.jpg"):
+        shutil.copy(shared / "data" / "photos" / name, src / name)
+        shutil.copy(shared / "data" / "photos" / name, src / ("copy_" + name))
+    files = sorted(src.iterdir())
+    outs = {}
+    for n in (2, 4):
+        out = tmp_path / f"out{n}"
+        res = _lb("attack", *files, "-o", out, "--extractor", "tiny", "--steps", "3", "--box", "100,20,200,120",
+                  "--batch-size", n, "--json")
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
+        assert [r["image"] for r in rows] == [str(f) for f in files]
+        outs[n] = ({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.png"))},
+                   [(r["loss"], r["clean_loss"], r["linf"]) for r in rows])
+    assert len(outs[2][0]) == 4
+    assert outs[2] == outs[4]
+
+
+def test_attack_batch_shares_one_network_call_across_files(tiny_plugin, shared, tmp_path, monkeypatch):
+    """In process: with ``--batch-size 3`` three photos' crops go through the network together."""
+    from click.testing import CliRunner
+
+    from lbcore.apps import photo_batch
+    from lbcore.cli import cli
+
+    calls: list[int] = []
+    forward = photo_batch.CrossFileBatcher._forward_part
+
+    def counting(self, reqs):
+        calls.append(len(reqs))
+        return forward(self, reqs)
+
+    monkeypatch.setattr(photo_batch.CrossFileBatcher, "_forward_part", counting)
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        shutil.copy(shared / "data" / "photos" / "obama-240p.jpg", src / f"p{k}.jpg")
+    res = CliRunner().invoke(cli, ["attack", *map(str, sorted(src.iterdir())), "-o", str(tmp_path / "out"),
+                                    "--extractor", "tiny", "--steps", "2", "--box", "180,25,260,105",
+                                    "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    assert max(calls) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,15 @@ def apply_weights_option(pairs: tuple[str, ...]) -> None:
               help="Face box in pixels (repeatable; applies to every image). Default: detect faces.")
 @click.option("--detector", default="auto", show_default=True, metavar="SPEC", help="Face detector when no --box.")
 @attack_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Attack this many images at a time, sharing the extractors' network calls; each image "
+                   "keeps its own attack, and with N >= 2 its output does not depend on what it is grouped "
+                   "with (see lb protect --photo-batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], detector: str,
                extractors: tuple[str, ...], attack_name: str | None, loss: str | None,
                optimizer: str | None, eps: float | None, steps: int | None, eot: tuple[str, ...],
-               seed: int, device: str, weights: tuple[str, ...], as_json: bool,
+               seed: int, device: str, weights: tuple[str, ...], as_json: bool, batch_size: int = 1,
                random_start: float | None = None, amp: str = "auto", compile_: bool = False) -> None:
     """Write adversarial PNGs of IMAGES to OUT and print each image's loss and L-inf.
 
@@ -136,6 +141,47 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
     det = None if fixed else pm.build("detectors", detector)
     outdir.mkdir(parents=True, exist_ok=True)
     failures = 0
+    # images whose network calls may be shared: randomness only from each attack's own generator
+    stochastic = any(getattr(pm.build("degradations", e), "stochastic", False) for e in config.eot)
+    shared = [e for e in exts if getattr(e, "shares_crops", False)]
+    together = batch_size > 1 and bool(shared) and not stochastic and float(config.feature_mix) == 0 and not compile_
+    pending: list[tuple[Path, Any, list[tuple[float, ...]], Any, Any]] = []
+
+    def run_one(x: Any, faces: Any) -> Any:
+        return attack(x, faces, exts, config, device=dev, plugin_manager=pm, performance=perf)
+
+    def flush() -> None:
+        nonlocal failures
+        if not pending:
+            return
+        if together:
+            from lbcore.apps.photo_batch import CrossFileBatcher
+
+            batcher = CrossFileBatcher(shared, invariant=dev.type == "cpu")
+            results = batcher.run([functools.partial(run_one, x, f) for _, _, _, x, f in pending])
+        else:
+            results = [run_one(x, f) for _, _, _, x, f in pending]
+        for (path, loaded, found, _, _), res in zip(pending, results, strict=True):
+            if isinstance(res, BaseException):
+                raise res
+            try:
+                adv = res.adversarial[0].permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+                target = outdir / (path.stem + ".png")
+                write_image_atomic(target, adv, like=loaded)
+            except InputError as err:
+                failures += 1
+                click.echo(f"lb: error: {err}", err=True)
+                continue
+            row = {"image": str(path), "output": str(target), "faces": len(found),
+                   "clean_loss": float(res.clean_loss[0]), "loss": float(res.final_loss[0]),
+                   "linf": float(res.linf[0]), "steps": int(res.steps_taken[0])}
+            if as_json:
+                click.echo(json.dumps(row))
+            else:
+                click.echo(f"{path}: {len(found)} face(s), loss {row['clean_loss']:.3f} -> {row['loss']:.3f}, "
+                           f"L-inf {row['linf']:.0f} -> {target}")
+        pending.clear()
+
     for path in images:
         try:
             loaded = read_image(path)
@@ -145,25 +191,16 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
                 found = [tuple(float(v) for v in b[:4]) for b in det(rgb)]
             if not found:
                 raise InputError(f"{path}: no face found (give --box x1,y1,x2,y2)")
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-            faces = Faces.from_lists([found])
-            res = attack(x, faces, exts, config, device=dev, plugin_manager=pm, performance=perf)
-            adv = res.adversarial[0].permute(1, 2, 0).to("cpu", torch.uint8).numpy()
-            target = outdir / (path.stem + ".png")
-            ensure_not_input(target, images)
-            write_image_atomic(target, adv, like=loaded)
+            ensure_not_input(outdir / (path.stem + ".png"), images)
         except InputError as err:
             failures += 1
             click.echo(f"lb: error: {err}", err=True)
             continue
-        row = {"image": str(path), "output": str(target), "faces": len(found),
-               "clean_loss": float(res.clean_loss[0]), "loss": float(res.final_loss[0]),
-               "linf": float(res.linf[0]), "steps": int(res.steps_taken[0])}
-        if as_json:
-            click.echo(json.dumps(row))
-        else:
-            click.echo(f"{path}: {len(found)} face(s), loss {row['clean_loss']:.3f} -> {row['loss']:.3f}, "
-                       f"L-inf {row['linf']:.0f} -> {target}")
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+        pending.append((path, loaded, found, x, Faces.from_lists([found])))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
     if failures:
         raise SystemExit(1)
 
