@@ -738,7 +738,7 @@ class _Run:
         differentiable JPEG, the crops' backward, the update rule, the budget). Settings that
         transform the whole image (input diversity, rotation, box jitter, the coarse grid, TI
         smoothing), stages without a known reach, and extractors without a crop rule
-        (``crop_theta`` and ``input_size``) attack the whole photo."""
+        (``crop_theta`` and ``input_size``, a side or ``(h, w)``) attack the whole photo."""
         import math
 
         torch = self.torch
@@ -756,10 +756,13 @@ class _Run:
         lo = torch.full((2,), math.inf)
         hi = torch.full((2,), -math.inf)
         for ext in self.attacked.values():
-            if not (hasattr(ext, "crop_theta") and hasattr(ext, "input_size")):
+            size = getattr(ext, "input_size", None)
+            if not hasattr(ext, "crop_theta") or size is None:
                 return None
-            ch, cw = ext.input_size
+            ch, cw = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
             theta = ext.crop_theta(boxes).float()
+            if tuple(theta.shape) != (len(boxes), 2, 3):
+                return None
             corners = torch.tensor([[-0.5, -0.5, 1.0], [cw - 0.5, -0.5, 1.0], [-0.5, ch - 0.5, 1.0],
                                     [cw - 0.5, ch - 0.5, 1.0]])
             pts = torch.einsum("fij,kj->fki", theta, corners).reshape(-1, 2)
