@@ -237,14 +237,14 @@ class QualityGuard:
         cab = self._filt(ac * bc) - mac * mbc
         return self._ssim_of(mac, mbc, va, vb, cab)
 
-    def _along(self, adv: torch.Tensor) -> list[tuple[torch.Tensor, ...] | None]:
+    def _along(self, adv: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """Per face, what its SSIM and PSNR along ``x + s * (adv - x)`` need, for any ``s``
         without filtering again: with ``d = adv - x`` on the crop, the local mean of ``d``, its
         variance and its covariance with the clean crop (the adversarial crop's mean is
         ``mean_x + s mean_d``, its variance ``var_x + 2 s cov + s^2 var_d``, the cross term
         ``var_x + s cov``), and the box's mean squared change (which scales with ``s^2``)."""
         r = _SSIM_RADIUS
-        out: list[tuple[torch.Tensor, ...] | None] = []
+        out: list[tuple[torch.Tensor, ...]] = []
         for f, (img, sreg, preg) in enumerate(self.regions):
             terms: tuple[torch.Tensor, ...] = ()
             if sreg is not None:
@@ -260,11 +260,10 @@ class QualityGuard:
             out.append(terms)
         return out
 
-    def _ok_along(self, along: list[tuple[torch.Tensor, ...] | None], scale: torch.Tensor) -> torch.Tensor:
+    def _ok_along(self, along: list[tuple[torch.Tensor, ...]], scale: torch.Tensor) -> torch.Tensor:
         """Per face: it meets the targets at ``x + scale[f] * (adv - x)`` (from :meth:`_along`)."""
         ok = torch.ones(len(self.regions), dtype=torch.bool)
         for f, ((_, sreg, preg), terms) in enumerate(zip(self.regions, along, strict=True)):
-            assert terms is not None
             s = float(scale[f])
             if sreg is not None and self.ssim_min > 0:
                 mac, va, md, cov, vd = terms[:5]
@@ -292,9 +291,6 @@ class QualityGuard:
                 b = a + float(face_scale[f]) * (b - a)
             return a, b
 
-        def ssim_crop(f: int, img: int, y1: int, y2: int, x1: int, x2: int) -> torch.Tensor:
-            return self._ssim(f, crop(f, img, y1, y2, x1, x2)[1])
-
         for f, (img, sreg, preg) in enumerate(self.regions):
             if only is not None and not only[f]:
                 sreg = preg = None
@@ -302,7 +298,7 @@ class QualityGuard:
                 ss.append(nan)
             else:
                 x1, y1, x2, y2 = sreg
-                ss.append(ssim_crop(f, img, y1 - r, y2 + r, x1 - r, x2 + r))
+                ss.append(self._ssim(f, crop(f, img, y1 - r, y2 + r, x1 - r, x2 + r)[1]))
             if preg is None:
                 ps.append(nan)
             else:

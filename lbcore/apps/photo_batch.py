@@ -37,7 +37,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["CrossFileBatcher", "Cancelled"]
+__all__ = ["CrossFileBatcher", "Cancelled", "shareable"]
+
+
+def shareable(extractors: Sequence[Any], config: Any, plugin_manager: Any, compile: bool) -> list[Any]:
+    """The members whose network calls several images' attacks may share without changing any
+    of them (``Extractor.shares_crops``), or none when the attack's randomness is not drawn
+    from its own generator (a stochastic degradation: torch's global one), it hooks the
+    networks (``feature_mix``) or they are compiled."""
+    stochastic = any(getattr(plugin_manager.build("degradations", s), "stochastic", False) for s in config.eot)
+    if stochastic or float(config.feature_mix) != 0 or compile:
+        return []
+    return [e for e in extractors if getattr(e, "shares_crops", False)]
 
 
 @contextmanager

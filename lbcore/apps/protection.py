@@ -789,12 +789,14 @@ class _Run:
         """Whether a photo's attack may share network calls with others without changing it:
         an extractor whose calls can be shared (``Extractor.shares_crops``: heat-map networks and
         MediaPipe's; others run in each photo's thread unshared), randomness only from the
-        per-photo generator, no hooks or compile."""
-        cfg = job.plan["config"]
-        stochastic = any(getattr(self.pm.build("degradations", s), "stochastic", False) for s in cfg.eot)
-        return (self.o.photo_batch > 1 and any(getattr(e, "shares_crops", False) for e in self.attacked.values())
-                and not stochastic
-                and float(cfg.feature_mix) == 0 and not self.performance.compile)
+        per-photo generator, no hooks or compile (:func:`lbcore.apps.photo_batch.shareable`)."""
+        return self.o.photo_batch > 1 and bool(self.shared_members(job))
+
+    def shared_members(self, job: _PhotoJob) -> list[Any]:
+        """The attacked extractors whose calls this photo's attack may share with others'."""
+        from lbcore.apps.photo_batch import shareable
+
+        return shareable(list(self.attacked.values()), job.plan["config"], self.pm, self.performance.compile)
 
     def attack_photos(self, jobs: Sequence[_PhotoJob], on_step: Callable[[int, int], None] | None = None,
                       announce: bool = True) -> list[Any]:
@@ -828,8 +830,7 @@ class _Run:
                 return fn
 
             # (CPU: the shared network calls run kernels whose results do not depend on the batch)
-            self.batcher = CrossFileBatcher([e for e in self.attacked.values() if getattr(e, "shares_crops", False)],
-                                            invariant=self.device.type == "cpu")
+            self.batcher = CrossFileBatcher(self.shared_members(together[0]), invariant=self.device.type == "cpu")
             try:
                 out = self.batcher.run([job_fn(j) for j in together])
             finally:

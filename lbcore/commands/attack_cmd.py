@@ -141,10 +141,9 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
     det = None if fixed else pm.build("detectors", detector)
     outdir.mkdir(parents=True, exist_ok=True)
     failures = 0
-    # images whose network calls may be shared: randomness only from each attack's own generator
-    stochastic = any(getattr(pm.build("degradations", e), "stochastic", False) for e in config.eot)
-    shared = [e for e in exts if getattr(e, "shares_crops", False)]
-    together = batch_size > 1 and bool(shared) and not stochastic and float(config.feature_mix) == 0 and not compile_
+    from lbcore.apps.photo_batch import CrossFileBatcher, shareable
+
+    shared = shareable(exts, config, pm, compile_) if batch_size > 1 else []
     pending: list[tuple[Path, Any, list[tuple[float, ...]], Any, Any]] = []
 
     def run_one(x: Any, faces: Any) -> Any:
@@ -154,9 +153,7 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
         nonlocal failures
         if not pending:
             return
-        if together:
-            from lbcore.apps.photo_batch import CrossFileBatcher
-
+        if shared:
             batcher = CrossFileBatcher(shared, invariant=dev.type == "cpu")
             results = batcher.run([functools.partial(run_one, x, f) for _, _, _, x, f in pending])
         else:
