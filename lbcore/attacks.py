@@ -113,6 +113,14 @@ class AttackConfig:
             rotate]`` degrees about its centre, the face boxes move with it, and each member's
             clean reference is recomputed on the turned clean image (one more forward per member
             and step); 0 (default) is off. Not together with ``box_jitter``.
+        double: start from a double image instead of the clean one: each face plus a faint copy
+            of itself moved sideways by this many face-box widths (and turned by
+            ``double_rotate`` degrees), the difference clipped to ``eps``, faded out around
+            the face and multiplied by the perceptual budget map where there is one (soft mask,
+            texture masking). Model-free, so it moves every extractor, attacked or not; the update rule
+            then optimises from there. 0 (default) is off. It replaces ``random_start``; the warm
+            start of a video frame (``init``) replaces it.
+        double_rotate: the copy's turn in degrees (with ``double`` above 0).
     """
 
     loss: str = "heatmap-cosine"
@@ -149,6 +157,8 @@ class AttackConfig:
     ghost: float = 0.0
     sgm: float = 1.0
     rotate: float = 0.0
+    double: float = 0.0
+    double_rotate: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -185,6 +195,10 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting rotate={cfg.rotate!r} must be in 0..90 degrees (0: off)")
     if cfg.rotate > 0 and cfg.box_jitter > 0:
         raise SpecError("attack settings rotate and box_jitter cannot be combined (each replaces the clean reference)")
+    if not isinstance(cfg.double, int | float) or not 0 <= float(cfg.double) <= 1:
+        raise SpecError(f"attack setting double={cfg.double!r} must be in 0..1 face widths (0: off)")
+    if not isinstance(cfg.double_rotate, int | float) or not -90 <= float(cfg.double_rotate) <= 90:
+        raise SpecError(f"attack setting double_rotate={cfg.double_rotate!r} must be in -90..90 degrees")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

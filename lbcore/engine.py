@@ -453,6 +453,45 @@ def _rotate(x: torch.Tensor, faces: Faces, degrees: float) -> tuple[torch.Tensor
     return out, Faces(boxes, faces.image_index)
 
 
+def _double_start(x: torch.Tensor, faces: Faces, shift: float, degrees: float, eps: float) -> torch.Tensor:
+    """``double``: a model-free start - each face plus a faint copy of itself, moved sideways by
+    ``shift`` box widths and turned by ``degrees`` about the box centre: ``x + clip(copy - x,
+    -eps, eps)`` inside the ellipse of 0.8 times the box's half-sides, fading to nothing by 1.1
+    times (faces in order, each copy taken from the clean image; overlaps summed within eps).
+    Every landmark extractor sees the copy's eyes, brows and mouth beside the real ones; the
+    update rule starts from there."""
+    out = x.clone()
+    _, _, h, w = x.shape
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    for f in range(faces.boxes.shape[0]):
+        i = int(faces.image_index[f])
+        x0, y0, x1, y1 = (float(v) for v in faces.boxes[f])
+        bw, bh = x1 - x0, y1 - y0
+        if not (bw > 0 and bh > 0):
+            continue
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        rx0, ry0 = max(0, int(math.floor(cx - 0.55 * bw))), max(0, int(math.floor(cy - 0.55 * bh)))
+        rx1, ry1 = min(w, int(math.ceil(cx + 0.55 * bw)) + 1), min(h, int(math.ceil(cy + 0.55 * bh)) + 1)
+        if rx1 <= rx0 or ry1 <= ry0:
+            continue
+        ys = torch.arange(ry0, ry1, device=x.device, dtype=torch.float32)
+        xs = torch.arange(rx0, rx1, device=x.device, dtype=torch.float32)
+        py, px = torch.meshgrid(ys, xs, indexing="ij")
+        # output pixel p shows the clean face at R(-t) (p - centre - shift) + centre
+        ox, oy = px - cx - shift * bw, py - cy
+        qx, qy = c * ox + s * oy + cx, -s * ox + c * oy + cy
+        grid = torch.stack([(qx + 0.5) / w * 2 - 1, (qy + 0.5) / h * 2 - 1], dim=-1)[None]
+        src = x[i:i + 1].float()
+        copy = F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        d = (copy - src[:, :, ry0:ry1, rx0:rx1]).clamp(-eps, eps)
+        edge = (((px - cx) / bw) ** 2 + ((py - cy) / bh) ** 2).sqrt()  # 0.5: the box's inscribed ellipse
+        fade = ((0.55 - edge) / 0.15).clamp(0, 1)
+        region = out[i:i + 1, :, ry0:ry1, rx0:rx1]
+        out[i:i + 1, :, ry0:ry1, rx0:rx1] = (region + d * fade).round().clamp(0, 255).to(out.dtype)
+    return torch.min(torch.max(out, x - eps), x + eps)  # (overlapping faces: the sum within eps)
+
+
 def _jitter_boxes(boxes: torch.Tensor, j: float, gen: torch.Generator) -> torch.Tensor:
     """``box_jitter``: every box scaled by a factor in ``[1 - j, 1 + j]`` about its centre and
     shifted by up to ``j / 2`` of its width and height."""
@@ -582,6 +621,11 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     hi = (x + bound).clamp(0, 255)
     if init is not None:
         x_adv = torch.min(torch.max(init.to(dev, torch.float32), lo), hi)
+    elif config.double > 0:
+        start = _double_start(x, faces, float(config.double), float(config.double_rotate), eps)
+        if weight is not None:  # the copy also fades with the budget map (mask, texture)
+            start = x + ((start - x) * weight).round()
+        x_adv = torch.min(torch.max(start, lo), hi)
     elif config.random_start > 0:
         r = min(float(config.random_start), eps)
         noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(dev) * r
@@ -601,6 +645,8 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     if stopper is not None and init is not None:
         # a face the stop rule ends before its first backward keeps the start it was given
         touched |= (x_adv != x) if weight is None else (x_adv != x) & (weight > 0)
+    elif init is None and config.double > 0:
+        touched |= x_adv != x  # the double image is kept where no crop's gradient reaches
     variance = torch.zeros_like(x) if config.vt_samples > 0 else None
     coarse = _Coarse(x, faces, float(config.coarse), eps) if config.coarse > 0 else None
 

@@ -1,14 +1,24 @@
-"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel, coarse, ghost; the shape-target loss."""
+"""Transfer-oriented attack fields (issue 15): box_jitter, ti_rel, coarse, ghost, rotate, double; the shape-target loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lbcore.engine import _Coarse, _Ghost, _jitter_boxes, _rotate, _smooth_rel, attack, preset
+from lbcore.engine import (
+    _Coarse,
+    _double_start,
+    _Ghost,
+    _jitter_boxes,
+    _rotate,
+    _smooth_rel,
+    attack,
+    preset,
+)
 from lbcore.errors import SpecError
 from lbcore.extractor import ConvOutput, ResidualAdd, conv_outputs, residual_adds
 from lbcore.losses import ShapeTargetLoss
+from lbcore.perceptual import budget_map
 from lbcore.testing import sample_batch
 from lbcore.types import ExtractorOutput, Faces
 
@@ -257,3 +267,51 @@ def test_rotate_attack_seeded_lowers_loss_and_refuses_box_jitter(tiny_extractor,
         preset("lb", rotate=10, box_jitter=0.1)
     with pytest.raises(SpecError, match="rotate"):
         preset("lb", rotate=-1)
+
+
+def test_double_start_adds_a_moved_copy_of_the_face_within_eps_and_fades_out():
+    # a dark vertical bar through the middle of a grey face box: the start holds a second,
+    # fainter bar one tenth of the box to the right, and nothing beyond 0.8 box sizes
+    x = torch.full((1, 3, 200, 200), 128.0)
+    x[:, :, 60:140, 98:102] = 28.0
+    faces = Faces(torch.tensor([[60.0, 60.0, 140.0, 140.0]]), torch.tensor([0]))
+    out = _double_start(x, faces, 0.1, 0.0, 15.0)
+    d = out - x
+    assert float(d.abs().max()) <= 15
+    assert torch.equal(out, out.round())
+    row = d[0, 0, 100]
+    assert float(row[106:110].min()) == -15  # the copy's bar: 8 px (0.1 x 80) to the right
+    assert float(row[98:102].max()) == 15  # where the bar was, the copy is grey: brighter
+    assert float(row[:30].abs().max()) == 0 and float(row[171:].abs().max()) == 0
+    assert float(d[0, 0, :30].abs().max()) == 0
+    # faded, not cut: the change along the bar falls off over the last fifth of the reach
+    col = d[0, 0, :, 106]
+    assert float(col[100]) == -15
+    # (the bar ends at the box's edge; the reflected copy carries nothing past it)
+    assert torch.equal(_double_start(x, faces, 0.0, 0.0, 15.0), x)  # no shift, no turn: no copy
+    turned = _double_start(x, faces, 0.0, 30.0, 15.0)
+    assert float((turned - x).abs().max()) == 15
+
+
+def test_double_starts_the_attack_and_moves_an_extractor_before_any_step(tiny_extractor, batch):
+    images, faces = batch
+    cfg = preset("lb", double=0.1, steps=1, optimizer="ifgsm:alpha=0.001")
+    assert budget_map(images, faces, cfg) is None  # the preset's plain L-inf ball
+    start = _double_start(images, faces, 0.1, 0.0, 15.0)
+    # one step of a vanishing size: the result is the start (rounded)
+    a = attack(images, faces, tiny_extractor, cfg)
+    # (inside the face boxes: what no crop sees goes back to the clean pixels at the end)
+    inside = torch.zeros_like(images, dtype=torch.bool)
+    for (x0, y0, x1, y1), i in zip(faces.boxes.int().tolist(), faces.image_index.tolist(), strict=True):
+        inside[i, :, y0:y1, x0:x1] = True
+    assert bool((start != images)[inside].any())
+    assert float((a.adversarial - start)[inside].abs().max()) <= 1
+    b = attack(images, faces, tiny_extractor, preset("lb", double=0.1, seed=2))
+    assert float((b.adversarial - images).abs().max()) <= 15 + 1e-5
+    assert bool((b.final_loss < b.clean_loss - 0.05).all()), b.final_loss
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(SpecError, match="double"):
+            preset("lb", double=bad)
+    with pytest.raises(SpecError, match="double_rotate"):
+        preset("lb", double=0.1, double_rotate=120)
+
