@@ -13,6 +13,13 @@ files and the report's figures are byte-identical to ``pairs`` (a photo's output
 on what it is grouped with; ``one-by-one`` keeps oneDNN's kernels and differs in the last bits).
 
     .venv/bin/python benchmarks/photo_batching.py --extractor fan-demo --steps 5
+
+``--modes one-by-one,network`` also times each shared extractor's network alone (forward and
+backward of random crops, best of three) in calls of each photo's face count and of 12 crops, and
+from the one-by-one run's crop counts prints the best case for any cross-file batching: the
+one-by-one wall time minus what the network calls would save if every call held 12 crops instead
+of one photo's faces (every counted crop taken as a forward and a backward pass: an upper bound
+on the saving).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # count every network call of an extractor whose calls photos share (class level: the
     # batched path calls the class's forward_crops too)
     counts = {"calls": 0, "crops": 0}
+    per_class: dict[type, int] = {}
     lock = threading.Lock()
     patched: dict[type, Any] = {}
 
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             with lock:
                 counts["calls"] += 1
                 counts["crops"] += int(x.shape[0])
+                per_class[type(self)] = per_class.get(type(self), 0) + int(x.shape[0])
             return original(self, x)
 
         patched[cls] = original
@@ -103,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             counting(cls)
 
     tmp = Path(tempfile.mkdtemp(prefix="lb-photo-batching-"))
+    one_by_one: tuple[float, dict[type, int], list[int]] | None = None
     rows = []
     results: dict[str, tuple[dict[str, str], str]] = {}
     try:
         for mode in args.modes.split(","):
+            if mode == "network":
+                continue
             out = tmp / mode
             counts.update(calls=0, crops=0)
             bs = {"batched": args.batch_size, "pairs": 2}.get(mode, 1)
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(out / "report.json", args.keep / f"{mode}.json")
             rows.append((mode, bs, wall, faces, counts["calls"], counts["crops"]))
+            if mode == "one-by-one":
+                one_by_one = (wall, dict(per_class), [len(f.get("faces") or []) for f in report["files"]])
+            per_class.clear()
             shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,11 +161,64 @@ def main(argv: list[str] | None = None) -> int:
         for mode, _, wall, *_ in rows:
             if mode != "one-by-one":
                 print(f"one-by-one / {mode} wall time: {base / wall:.2f}x")
+    if "network" in args.modes.split(","):
+        _network(pm, args, one_by_one)
     return 0
 
 
+def _network(pm: Any, args: argparse.Namespace, one_by_one: tuple[float, dict[type, int], list[int]] | None) -> None:
+    """Each shared extractor's network alone, and the best case for cross-file batching."""
+    import torch
+
+    from lbcore.apps import protection
+
+    built = ({s: pm.build("extractors", s) for s in args.extractor} if args.extractor
+             else protection.default_extractor_specs(pm)[0])
+    faces = [f for f in (one_by_one[2] if one_by_one else [4]) if f > 0]
+    sizes = sorted({min(f, 12) for f in faces} | {12})
+    gen = torch.Generator().manual_seed(0)
+    saving = 0.0
+    print(f"network alone: forward + backward of 12 random crops in calls of n, milliseconds per crop (best of 3); "
+          f"faces per photo: {sorted(faces)}")
+    for spec, ext in built.items():
+        if not getattr(ext, "shares_crops", False):
+            continue
+        size = ext.input_size
+        hw = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        x = torch.rand(12, 3, *hw, generator=gen)
+
+        def run(b: torch.Tensor, ext: Any = ext) -> None:
+            xi = b.clone().requires_grad_(True)
+            out = ext.forward_crops(xi)
+            o = out[0] if isinstance(out, tuple) else out
+            torch.autograd.grad(o.float().square().sum(), xi)
+
+        cost = {}
+        for n in sizes:
+            def calls(n: int = n, x: torch.Tensor = x) -> None:
+                for i in range(0, 12, n):
+                    run(x[i:i + n])
+            calls()
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                calls()
+                best = min(best, time.perf_counter() - t0)
+            cost[n] = best / 12
+        crops = 0 if one_by_one is None else one_by_one[1].get(type(ext), 0)
+        per_face = crops / max(sum(faces), 1)  # network passes per face and member (the same for every face)
+        saving += sum(per_face * f * max(0.0, cost[min(f, 12)] - cost[12]) for f in faces)
+        print(f"  {spec}: " + ", ".join(f"n={n} {cost[n] * 1000:.1f}" for n in sizes)
+              + f"; crops one by one: {crops}")
+    if one_by_one is not None:
+        wall = one_by_one[0]
+        print(f"best case for cross-file batching (every call 12 crops): {wall:.1f} s - {saving:.1f} s = "
+              f"{wall - saving:.1f} s, {wall / max(wall - saving, 1e-9):.2f}x the one-by-one run")
+
+
 def _subclasses(cls: type) -> list[type]:
-    out = []
+    out: list[type] = []
+    sub: type
     for sub in cls.__subclasses__():
         out += [sub, *_subclasses(sub)]
     return out
