@@ -10,7 +10,9 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
+import pytest
 
 
 def _lb(*args):
@@ -134,3 +136,39 @@ def test_attack_batch_shares_one_network_call_across_files(tiny_plugin, shared, 
                                     "--batch-size", "3"])
     assert res.exit_code == 0, res.output
     assert max(calls) == 3
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_attack_an_image_the_attack_refuses_is_one_line_and_the_others_are_written(tiny_plugin, shared, tmp_path,
+                                                                                    monkeypatch, batch):
+    """An input error raised inside one image's attack (an extractor refusing its face, say) fails that
+    image only, one line naming it; the other images of the batch are written; exit 1."""
+    from click.testing import CliRunner
+
+    import lbcore.engine
+    from lbcore.cli import cli
+    from lbcore.errors import InputError
+
+    real = lbcore.engine.attack
+
+    def attack(x, faces, *args, **kwargs):
+        if float(x[0, 0, 0, 0]) == 0.0:  # (the image made to start with a black pixel)
+            raise InputError("p1.png: the extractor refuses this face")
+        return real(x, faces, *args, **kwargs)
+
+    monkeypatch.setattr(lbcore.engine, "attack", attack)
+    src = tmp_path / "in"
+    src.mkdir()
+    img = cv2.imread(str(shared / "data" / "photos" / "obama-240p.jpg"))
+    img[0, 0] = np.clip(img[0, 0], 1, 255)
+    for k in range(3):
+        one = img.copy()
+        if k == 1:
+            one[0, 0] = 0
+        cv2.imwrite(str(src / f"p{k}.png"), one)
+    res = CliRunner().invoke(cli, ["attack", *map(str, sorted(src.iterdir())), "-o", str(tmp_path / "out"),
+                                    "--extractor", "tiny", "--steps", "1", "--box", "180,25,260,105",
+                                    "--batch-size", batch])
+    assert res.exit_code == 1, res.output
+    assert "p1.png: the extractor refuses this face" in res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p2.png"]

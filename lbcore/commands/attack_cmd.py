@@ -147,7 +147,10 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
     pending: list[tuple[Path, Any, list[tuple[float, ...]], Any, Any]] = []
 
     def run_one(x: Any, faces: Any) -> Any:
-        return attack(x, faces, exts, config, device=dev, plugin_manager=pm, performance=perf)
+        try:
+            return attack(x, faces, exts, config, device=dev, plugin_manager=pm, performance=perf)
+        except InputError as err:  # this image's problem: reported, the others go on
+            return err
 
     def flush() -> None:
         nonlocal failures
@@ -159,6 +162,10 @@ def attack_cmd(images: tuple[Path, ...], outdir: Path, boxes: tuple[str, ...], d
         else:
             results = [run_one(x, f) for _, _, _, x, f in pending]
         for (path, loaded, found, _, _), res in zip(pending, results, strict=True):
+            if isinstance(res, InputError):
+                failures += 1
+                click.echo(f"lb: error: {res}", err=True)
+                continue
             if isinstance(res, BaseException):
                 raise res
             try:
