@@ -106,6 +106,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    ap.add_argument("--adv-eps", type=float, default=0.0,
+                    help="adversarial training within this L-inf radius (0..255; 0: none, the shipped model)")
+    ap.add_argument("--adv-steps", type=int, default=1)
     args = ap.parse_args()
 
     from lbcore.apps.training import (
@@ -134,6 +137,7 @@ def main() -> None:
         milestones=(int(args.epochs * 0.7),), gamma=0.2,
         augment=Augment(scale=0.25, rotation=30.0, translation=0.08, flip=0.5, colour=0.4,
                         grey=0.3, blur=0.3, noise=4.0),
+        adv_eps=args.adv_eps, adv_steps=args.adv_steps,
         source="Landmark Breaker demonstration recipe (scripts/train_default_model.py)",
     )
     ckpt = Path(args.out).with_suffix(".train.pth")

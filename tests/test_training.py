@@ -184,6 +184,41 @@ def test_few_steps_lower_the_loss_and_checkpoint_reloads_strictly(tmp_path: Path
         fresh_pm.build("extractors", f"tiny:weights={bad}")
 
 
+def test_adversarial_training_moves_each_batch_within_eps_to_a_higher_loss() -> None:
+    """``adv_eps``: the adversary's crops stay within eps (and 0..255) of the augmented crops and
+    cost more than they do; training on them runs and is recorded in the recipe."""
+    from lbcore.apps.training import _heatmap_points, _make_batch, _worst_case
+
+    torch.manual_seed(0)
+    ext = TinyExtractor()
+    samples = prepare_samples(_synthetic_faces(4, seed=5))
+    rng = np.random.default_rng(0)
+    raw, theta, lm = _make_batch(ext, samples, TINY, Augment(blur=0), rng, torch.device("cpu"), normalise=False)
+    assert float(raw.max()) > 1.5  # 0..255, not normalised
+    hm = ext.forward_crops(ext.normalise(raw))
+    hm = hm[0] if isinstance(hm, tuple) else hm
+    size = (int(hm.shape[-2]), int(hm.shape[-1]))
+    pts = _heatmap_points(ext, samples, theta, lm, size, torch.device("cpu"))
+    valid = torch.isfinite(pts).all(-1)
+    target = gaussian_targets(pts, size, 1.0)
+    noise = (raw + (torch.rand(raw.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 4).clamp(0, 255)
+    losses = []
+    for eps, steps in ((0.0, 1), (4.0, 1), (4.0, 3)):
+        recipe = Recipe(adv_eps=eps, adv_steps=steps)
+        adv = noise if eps == 0 else _worst_case(ext, raw, target, valid, recipe, torch.Generator().manual_seed(0))
+        assert float((adv - raw).abs().max()) <= 4 + 1e-4
+        assert float(adv.min()) >= 0 and float(adv.max()) <= 255
+        with torch.no_grad():
+            out = ext.forward_crops(ext.normalise(adv))
+        losses.append(float(heatmap_loss([out[0] if isinstance(out, tuple) else out], target, valid)))
+    # (random noise of the same radius costs less than the adversary's crops)
+    assert losses[1] > 1.05 * losses[0] and losses[2] > 1.05 * losses[0], losses
+    res = train(ext, samples, recipe=Recipe(batch_size=2, epochs=1, adv_eps=2.0, augment=Augment(blur=0)),
+                seed=0, steps_per_epoch=2, progress=False)
+    assert res.epochs_done == 1 and all(np.isfinite(res.step_losses))
+    assert Recipe(adv_eps=2.0).describe()["adv_eps"] == 2.0
+
+
 def test_resume_continues_from_the_saved_epoch(tmp_path: Path) -> None:
     samples = prepare_samples(_synthetic_faces(8))
     recipe = Recipe(lr=1e-3, batch_size=4, epochs=2, augment=Augment(blur=0))
@@ -244,8 +279,9 @@ def test_cli_trains_and_the_checkpoint_loads_as_weights(tmp_path: Path) -> None:
     spec = "fan:modules=1,landmarks=68,width=8"
     r = CliRunner().invoke(cli, ["train", spec, "--data", str(data), "--format", "pts", "--out", str(out),
                                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
-                                 "--device", "cpu", "--no-progress", "--val", str(data)])
+                                 "--device", "cpu", "--no-progress", "--val", str(data), "--adv-eps", "2"])
     assert r.exit_code == 0, r.output
+    assert "adversarial eps=2.0 steps=1" in r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 1 and summary["val_nme"] > 0
     ck = lbcore.load_checkpoint(out)

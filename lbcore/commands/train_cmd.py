@@ -49,6 +49,9 @@ def _images_in(folder: str) -> list[str]:
 @click.option("--sigma", type=float, default=None, help="Gaussian target sigma in heat-map pixels.")
 @click.option("--recipe", default=None, help="Preset recipe name (fan, hrnet, avssan, generic).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Batches per epoch (default: one pass).")
+@click.option("--adv-eps", type=click.FloatRange(0, 255), default=None,
+              help="Adversarial training: each batch moved to its worst case within this L-inf radius (0..255).")
+@click.option("--adv-steps", type=click.IntRange(1, 100), default=None, help="Steps of the --adv-eps adversary (1: fast FGSM).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None, help="Continue from a checkpoint written by lb train.")
@@ -59,7 +62,8 @@ def _images_in(folder: str) -> list[str]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, val: str | None, val_format: str | None,
               epochs: int | None, batch_size: int | None, lr: float | None, optimizer: str | None,
-              sigma: float | None, recipe: str | None, steps_per_epoch: int | None, seed: int,
+              sigma: float | None, recipe: str | None, steps_per_epoch: int | None,
+              adv_eps: float | None, adv_steps: int | None, seed: int,
               device: str, resume: str | None, init: str | None, teacher: str | None,
               unlabelled: str | None, detector: str, no_progress: bool) -> None:
     """Train the extractor SPEC (e.g. ``fan:modules=1,landmarks=98``) on heat-map targets.
@@ -95,7 +99,8 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, 
     if recipe is not None and recipe not in PAPER_RECIPES:
         raise SpecError(f"unknown recipe {recipe!r} (valid: {', '.join(PAPER_RECIPES)})")
     base = PAPER_RECIPES[recipe] if recipe else recipe_for(extractor, name)
-    rec = base.replace(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, sigma=sigma)
+    rec = base.replace(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, sigma=sigma,
+                        adv_eps=adv_eps, adv_steps=adv_steps)
 
     faces = load_faces(data, fmt, image_root)
     if teacher:
@@ -112,7 +117,8 @@ def train_cmd(spec: str, data: str, fmt: str, out: str, image_root: str | None, 
     train_s = prepare_samples(faces)
     val_s = prepare_samples(val_faces)
     click.echo(f"training {spec} on {len(train_s)} faces ({len(val_s)} validation) on {dev}; "
-               f"recipe: {rec.optimizer} lr={rec.lr} sigma={rec.sigma} epochs={rec.epochs}", err=True)
+               f"recipe: {rec.optimizer} lr={rec.lr} sigma={rec.sigma} epochs={rec.epochs}"
+               + (f" adversarial eps={rec.adv_eps} steps={rec.adv_steps}" if rec.adv_eps > 0 else ""), err=True)
     torch.manual_seed(seed)
     res = train(
         extractor, train_s, recipe=rec, val_samples=val_s, out=out, spec=spec, seed=seed,
