@@ -121,6 +121,11 @@ class AttackConfig:
             then optimises from there. 0 (default) is off. It replaces ``random_start``; the warm
             start of a video frame (``init``) replaces it.
         double_rotate: the copy's turn in degrees (with ``double`` above 0).
+        hinge: a member that already moves a face's landmarks by this NME (against its clean
+            landmarks, read from the step's own forward pass) stops pulling on that face, so the
+            face's budget goes to the members not yet broken; 0 (default) is off. Read on steps
+            without input diversity, rotation or box jitter (the outputs are then in the face's
+            own frame); other steps keep the last reading.
     """
 
     loss: str = "heatmap-cosine"
@@ -159,6 +164,7 @@ class AttackConfig:
     rotate: float = 0.0
     double: float = 0.0
     double_rotate: float = 0.0
+    hinge: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check_perceptual(self)
@@ -199,6 +205,8 @@ def _check_perceptual(cfg: AttackConfig) -> None:
         raise SpecError(f"attack setting double={cfg.double!r} must be in 0..1 face widths (0: off)")
     if not isinstance(cfg.double_rotate, int | float) or not -90 <= float(cfg.double_rotate) <= 90:
         raise SpecError(f"attack setting double_rotate={cfg.double_rotate!r} must be in -90..90 degrees")
+    if not isinstance(cfg.hinge, int | float) or not math.isfinite(float(cfg.hinge)) or cfg.hinge < 0:
+        raise SpecError(f"attack setting hinge={cfg.hinge!r} must be a finite NME >= 0 (0: off)")
     if cfg.mask not in ("crop", "face"):
         raise SpecError(f"attack setting mask={cfg.mask!r} must be crop or face")
 

@@ -517,8 +517,11 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     view: dict[str, Any] = {"clean": clean, "scale": scale, "feat": clean_feat, "faces": faces}
     passes = torch.zeros(len(faces), dtype=torch.long)
     outs: list[Any] = []
+    hinge = float(config.hinge)
+    pulls: dict[int, torch.Tensor] = {}  # hinge: per member, 1 for the faces it still pulls on
 
-    def member_losses(inp: torch.Tensor, fcs: Faces, jit: list[tuple[Faces, Any]] | None = None) -> list[torch.Tensor]:
+    def member_losses(inp: torch.Tensor, fcs: Faces, jit: list[tuple[Faces, Any]] | None = None,
+                      own_frame: bool = True) -> list[torch.Tensor]:
         out = []
         outs.clear()
         for i, (c, e) in enumerate(zip(view["clean"], exts, strict=True)):
@@ -529,6 +532,11 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
             if stopper is not None:
                 outs.append(o)
             loss = loss_fn(c, o)
+            if hinge > 0:
+                if own_frame:
+                    pulls[i] = (_moved(e, c, o) <= hinge).to(loss.dtype).detach()
+                if i in pulls and pulls[i].shape == loss.shape:
+                    loss = loss * pulls[i]
             if feats is not None and i in view["feat"] and isinstance(feats.value.get(i), torch.Tensor):
                 cos = F.cosine_similarity(feats.value[i].float().flatten(1), view["feat"][i], dim=1, eps=1e-12)
                 loss = (1 - mix) * loss + mix * view["scale"][i] * cos
@@ -581,7 +589,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
                 diversified = True  # (the stop rule reads outputs in the attack's own boxes only)
                 nf = faces_now.boxes.shape[0]
                 jit = [(Faces(fcs.boxes[i * nf:(i + 1) * nf], faces_now.image_index), r) for i, r in enumerate(refs)]
-            losses = member_losses(inp, fcs, jit)
+            losses = member_losses(inp, fcs, jit, own_frame=not diversified and jit is None)
             stopper_passes(len(exts))
             per_face = sum(losses)
             assert isinstance(per_face, torch.Tensor)
@@ -733,6 +741,17 @@ def _subset_output(out: Any, idx: torch.Tensor, n: int) -> Any:
         return v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
     return attrs.evolve(out, heatmaps=pick(out.heatmaps), landmarks=pick(out.landmarks),
                         hm_to_image=pick(out.hm_to_image), extra={k: pick(v) for k, v in out.extra.items()})
+
+
+def _moved(e: Extractor, clean: Any, out: Any) -> torch.Tensor:
+    """Per face: NME between the landmarks ``e`` decodes from ``out`` and from ``clean``
+    (normalised by the clean outer-eye-corner distance)."""
+    with torch.no_grad():
+        g = e.decode(clean).detach().float()
+        lm = e.decode(out).detach().float()
+        a, b = e.scheme.eye_corners
+        norm = (g[:, a] - g[:, b]).norm(dim=-1).clamp_min(1e-6)
+        return (lm - g).norm(dim=-1).mean(-1) / norm
 
 
 class _Stopper:

@@ -315,3 +315,37 @@ def test_double_starts_the_attack_and_moves_an_extractor_before_any_step(tiny_ex
     with pytest.raises(SpecError, match="double_rotate"):
         preset("lb", double=0.1, double_rotate=120)
 
+
+
+def test_hinge_drops_a_broken_members_pull_and_is_off_by_default(tiny_extractor, batch, monkeypatch):
+    """``hinge``: a member whose landmarks already moved past it stops pulling on the face, so
+    the ensemble's step is the other members' step; a hinge nothing reaches changes nothing."""
+    from lb_test_tiny_model import tiny
+
+    import lbcore.engine as engine
+
+    images, faces = batch
+    other = tiny(seed=7)  # a second, different member
+    both = [tiny_extractor, other]
+    plain = attack(images, faces, both, preset("lb", seed=1, steps=4))
+    far = attack(images, faces, both, preset("lb", seed=1, steps=4, hinge=1e9))
+    assert torch.equal(plain.adversarial, far.adversarial)
+    # the first member reads as broken on every face: the step is the second member's alone
+    real = engine._moved
+
+    def moved(e, clean, out):
+        n = real(e, clean, out)
+        return torch.full_like(n, 1.0) if e is tiny_extractor else torch.zeros_like(n)
+
+    monkeypatch.setattr(engine, "_moved", moved)
+    hinged = attack(images, faces, both, preset("lb", seed=1, steps=4, hinge=0.1))
+    alone = attack(images, faces, other, preset("lb", seed=1, steps=4))
+    assert torch.equal(hinged.adversarial, alone.adversarial)
+    assert not torch.equal(hinged.adversarial, plain.adversarial)
+    # every member broken on every face: nothing pulls, the image stays clean (I-FGSM: no momentum)
+    monkeypatch.setattr(engine, "_moved", lambda e, clean, out: torch.ones(len(faces)))
+    none = attack(images, faces, both, preset("lb", seed=1, steps=3, optimizer="ifgsm:alpha=1", hinge=0.1))
+    assert float((none.adversarial - images).abs().max()) <= 0.5  # (rounded to 8 bits)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(SpecError, match="hinge"):
+            preset("lb", hinge=bad)
