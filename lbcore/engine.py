@@ -519,6 +519,7 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     outs: list[Any] = []
     hinge = float(config.hinge)
     pulls: dict[int, torch.Tensor] = {}  # hinge: per member, 1 for the faces it still pulls on
+    clean_lm: dict[int, tuple[Any, torch.Tensor]] = {}  # hinge: per member, its clean reference decoded
 
     def member_losses(inp: torch.Tensor, fcs: Faces, jit: list[tuple[Faces, Any]] | None = None,
                       own_frame: bool = True) -> list[torch.Tensor]:
@@ -534,7 +535,9 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
             loss = loss_fn(c, o)
             if hinge > 0:
                 if own_frame:
-                    pulls[i] = (_moved(e, c, o) <= hinge).to(loss.dtype).detach()
+                    if i not in clean_lm or clean_lm[i][0] is not c:  # (decoded once per clean reference)
+                        clean_lm[i] = (c, _landmarks(e, c))
+                    pulls[i] = (_nme_to(e, clean_lm[i][1], o) <= hinge).to(loss.dtype)
                 if i in pulls and pulls[i].shape == loss.shape:
                     loss = loss * pulls[i]
             if feats is not None and i in view["feat"] and isinstance(feats.value.get(i), torch.Tensor):
@@ -743,15 +746,18 @@ def _subset_output(out: Any, idx: torch.Tensor, n: int) -> Any:
                         hm_to_image=pick(out.hm_to_image), extra={k: pick(v) for k, v in out.extra.items()})
 
 
-def _moved(e: Extractor, clean: Any, out: Any) -> torch.Tensor:
-    """Per face: NME between the landmarks ``e`` decodes from ``out`` and from ``clean``
-    (normalised by the clean outer-eye-corner distance)."""
+def _landmarks(e: Extractor, out: Any) -> torch.Tensor:
+    """The landmarks ``e`` decodes from ``out`` (no gradient, float32)."""
     with torch.no_grad():
-        g = e.decode(clean).detach().float()
-        lm = e.decode(out).detach().float()
-        a, b = e.scheme.eye_corners
-        norm = (g[:, a] - g[:, b]).norm(dim=-1).clamp_min(1e-6)
-        return (lm - g).norm(dim=-1).mean(-1) / norm
+        return e.decode(out).detach().float()
+
+
+def _nme_to(e: Extractor, ref: torch.Tensor, out: Any) -> torch.Tensor:
+    """Per face: NME between the landmarks ``e`` decodes from ``out`` and ``ref`` (landmarks),
+    normalised by ``ref``'s outer-eye-corner distance."""
+    a, b = e.scheme.eye_corners
+    norm = (ref[:, a] - ref[:, b]).norm(dim=-1).clamp_min(1e-6)
+    return (_landmarks(e, out) - ref).norm(dim=-1).mean(-1) / norm
 
 
 class _Stopper:
@@ -766,8 +772,7 @@ class _Stopper:
         self.exts, self.clean, self.scale, self.feat, self.faces = exts, clean, scale, feat, faces
         self.limit = float(config.stop_nme) * float(config.stop_margin)
         self.n = len(faces)
-        with torch.no_grad():
-            self.clean_lm = [e.decode(c).detach().float() for e, c in zip(exts, clean, strict=True)]
+        self.clean_lm = [_landmarks(e, c) for e, c in zip(exts, clean, strict=True)]
         self.done = torch.zeros(self.n, dtype=torch.bool, device=dev)
         self.index = torch.arange(self.n, device=dev)  # faces still attacked
         self.index_cpu = self.index.cpu()
@@ -776,14 +781,8 @@ class _Stopper:
     def check(self, outs: list[Any]) -> torch.Tensor:
         """Faces (of the current ``index``) that every extractor now sees past the limit."""
         ended = torch.ones(len(self.index), dtype=torch.bool, device=self.done.device)
-        with torch.no_grad():
-            for e, o, ref in zip(self.exts, outs, self.clean_lm, strict=True):
-                lm = e.decode(o).detach().float()
-                g = ref[self.index]
-                a, b = e.scheme.eye_corners
-                norm = (g[:, a] - g[:, b]).norm(dim=-1).clamp_min(1e-6)
-                nme = (lm - g).norm(dim=-1).mean(-1) / norm
-                ended &= nme > self.limit
+        for e, o, ref in zip(self.exts, outs, self.clean_lm, strict=True):
+            ended &= _nme_to(e, ref[self.index], o) > self.limit
         self.ended = ended
         return ended
 

@@ -331,19 +331,19 @@ def test_hinge_drops_a_broken_members_pull_and_is_off_by_default(tiny_extractor,
     far = attack(images, faces, both, preset("lb", seed=1, steps=4, hinge=1e9))
     assert torch.equal(plain.adversarial, far.adversarial)
     # the first member reads as broken on every face: the step is the second member's alone
-    real = engine._moved
+    real = engine._nme_to
 
-    def moved(e, clean, out):
-        n = real(e, clean, out)
+    def moved(e, ref, out):
+        n = real(e, ref, out)
         return torch.full_like(n, 1.0) if e is tiny_extractor else torch.zeros_like(n)
 
-    monkeypatch.setattr(engine, "_moved", moved)
+    monkeypatch.setattr(engine, "_nme_to", moved)
     hinged = attack(images, faces, both, preset("lb", seed=1, steps=4, hinge=0.1))
     alone = attack(images, faces, other, preset("lb", seed=1, steps=4))
     assert torch.equal(hinged.adversarial, alone.adversarial)
     assert not torch.equal(hinged.adversarial, plain.adversarial)
     # every member broken on every face: nothing pulls, the image stays clean (I-FGSM: no momentum)
-    monkeypatch.setattr(engine, "_moved", lambda e, clean, out: torch.ones(len(faces)))
+    monkeypatch.setattr(engine, "_nme_to", lambda e, ref, out: torch.ones(len(faces)))
     none = attack(images, faces, both, preset("lb", seed=1, steps=3, optimizer="ifgsm:alpha=1", hinge=0.1))
     assert float((none.adversarial - images).abs().max()) <= 0.5  # (rounded to 8 bits)
     for bad in (-0.1, float("nan")):

@@ -34,6 +34,7 @@ through the same path as a published one. ``best_acc`` holds the best validation
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -718,22 +719,17 @@ def train(
             batch = [train_samples[i] for i in order[b * bs:(b + 1) * bs]]
             raw, theta, lm = _make_batch(extractor, batch, extractor.scheme, recipe.augment, rng, dev,
                                          normalise=False)
-            if recipe.adv_eps > 0:
-                if hm_size is None:
-                    with torch.no_grad():
-                        hm = _forward_for_training(extractor, extractor.normalise(raw))[0]
-                    hm_size = (int(hm.shape[-2]), int(hm.shape[-1]))
-                pts = _heatmap_points(extractor, batch, theta, lm, hm_size, dev)
-                valid = torch.isfinite(pts).all(-1)
-                target = gaussian_targets(pts, hm_size, recipe.sigma)
+            adversarial = recipe.adv_eps > 0
+            if not adversarial or hm_size is None:  # (the adversary needs the targets' size first)
+                with torch.no_grad() if adversarial else contextlib.nullcontext():
+                    hm, supervised = _forward_for_training(extractor, extractor.normalise(raw))
+                hm_size = (int(hm.shape[-2]), int(hm.shape[-1]))
+            pts = _heatmap_points(extractor, batch, theta, lm, hm_size, dev)
+            valid = torch.isfinite(pts).all(-1)
+            target = gaussian_targets(pts, hm_size, recipe.sigma)
+            if adversarial:
                 raw = _worst_case(extractor, raw, target, valid, recipe, gen)
                 supervised = _forward_for_training(extractor, extractor.normalise(raw))[1]
-            else:
-                hm, supervised = _forward_for_training(extractor, extractor.normalise(raw))
-                hm_size = (int(hm.shape[-2]), int(hm.shape[-1]))
-                pts = _heatmap_points(extractor, batch, theta, lm, hm_size, dev)
-                valid = torch.isfinite(pts).all(-1)
-                target = gaussian_targets(pts, hm_size, recipe.sigma)
             loss = heatmap_loss(supervised, target, valid, recipe.fg_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
