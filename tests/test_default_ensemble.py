@@ -170,6 +170,9 @@ def test_the_page_names_the_models_in_plain_words():
     assert text.startswith("Protected against 2D-FAN4") and "FaceFusion" in text and "demonstration" in text
     assert protected_against(["mediapipe"]) == "Protected against the landmark model mediapipe."
     assert protected_against([]) == ""
+    assert protected_against(["mediapipe (mediapipe-face-landmark)", "dlib68"]) == (
+        "Protected against Google's MediaPipe Face Mesh and dlib's 68-point predictor, which faceswap, "
+        "face_recognition and many scripts use.")
 
 
 # ------------------------------------------------------------------ held-out columns (--held-out)
@@ -223,3 +226,29 @@ def test_held_out_none_and_explicit_specs():
         held_out_extractors(_PM(), ProtectOptions(held_out=("gone",)), [])
     with pytest.raises(SpecError, match="stand alone"):
         held_out_extractors(_PM(), ProtectOptions(held_out=("auto", "net")), [])
+
+
+def test_a_member_registered_for_some_strengths_joins_only_at_those():
+    from lbcore.apps.protection import default_extractor_specs, plan_default_ensemble
+
+    pm = _PM(broken=())
+    pm.comps = {"net": _Comp(), "slow": _Comp(default=("high",), measure=True), "one": _Comp(default="low"),
+                "off": _Comp(default=False)}
+    assert [m.label for m in plan_default_ensemble(pm)] == ["net"]  # medium, the default strength
+    assert [m.label for m in plan_default_ensemble(pm, "high")] == ["net", "slow"]
+    assert [m.label for m in plan_default_ensemble(pm, "low")] == ["net", "one"]  # a single name, not its letters
+    assert [m.label for m in plan_default_ensemble(pm, "paper")] == ["net"]
+    assert list(default_extractor_specs(pm, "high")[0]) == ["net", "slow"]
+    pm.comps["slow"] = _Comp(default=("high",), default_spec="slow:blur=3")
+    assert [m.spec for m in plan_default_ensemble(pm, "high")] == ["net", "slow:blur=3"]
+    default_extractor_specs(pm, "high")
+    assert pm.built[-1] == "slow:blur=3"  # built from that spec, named by its name
+
+
+def test_a_default_member_is_not_also_held_out():
+    from lbcore.apps.protection import ProtectOptions, held_out_extractors
+
+    # `lb protect --strength high` with no --extractor attacks "real" as a default member: the
+    # report must not measure it a second time as held out
+    assert held_out_extractors(_PM(), ProtectOptions(), [], attacked={"net", "real"}) == {}
+    assert held_out_extractors(_PM(), ProtectOptions(), [], attacked={"net"}) == {"real": "<real>"}

@@ -138,11 +138,13 @@ def strength_settings(options: ProtectOptions) -> dict[str, Any]:
     return out
 
 
-def held_out_extractors(pm: Any, options: ProtectOptions, notes: list[str]) -> dict[str, Any]:
+def held_out_extractors(pm: Any, options: ProtectOptions, notes: list[str],
+                        attacked: Any = ()) -> dict[str, Any]:
     """The extractors the report measures without attacking them (``--held-out``).
 
     ``auto`` (the default, also when empty): every installed extractor registered with ``measure=True`` (real
-    models cheap to run, such as dlib's 68-point predictor) that is not attacked; one that cannot
+    models cheap to run, such as dlib's 68-point predictor) that is not attacked (named with
+    ``--extractor``, or ``attacked``: the names of the default ensemble's members); one that cannot
     be built is left out with a note. ``none``: no held-out column. Anything else: those specs,
     which must build.
     """
@@ -155,10 +157,10 @@ def held_out_extractors(pm: Any, options: ProtectOptions, notes: list[str]) -> d
         if "auto" in requested or "none" in requested:
             raise SpecError("--held-out auto and none stand alone (not beside extractor specs)")
         return {s: pm.build("extractors", s) for s in requested}
-    attacked = {parse_spec(s)[0] for s in options.extractors}
+    names = {parse_spec(s)[0] for s in options.extractors} | set(attacked)
     out: dict[str, Any] = {}
     for name, comp in pm.components("extractors").items():
-        if not comp.metadata.get("measure") or name in attacked:
+        if not comp.metadata.get("measure") or name in names:
             continue
         try:
             out[name] = pm.build("extractors", name)
@@ -228,14 +230,16 @@ class Member:
     missing: bool = False
 
 
-def plan_default_ensemble(pm: Any = None) -> list[Member]:
-    """The default ensemble's candidates, built from the weights files that are present.
+def plan_default_ensemble(pm: Any = None, strength: str = "medium") -> list[Member]:
+    """The default ensemble's candidates at ``strength``, built from the weights files that are present.
 
     Every known published file that is found (``--weights NAME=PATH``, ``$LB_WEIGHTS_DIR``, the
     cache folder) joins once, with the architecture it fits (``2dfan4`` ->
     ``fan:modules=4,landmarks=68``). An extractor that declares no weights file joins with its
-    default spec; one whose declared files are all absent is marked ``missing``. Extractors
-    registered with ``default=False`` never join. A demonstration model (``demo=True``) joins
+    ``default_spec`` metadata (``dlib68:blur=3``), or its name; one whose declared files are all
+    absent is marked ``missing``. Extractors
+    registered with ``default=False`` never join; one registered with a tuple of strengths
+    (``default=("high",)``) joins only at those. A demonstration model (``demo=True``) joins
     unless published weights of its own network are present (``fan-demo`` gives way to a FAN
     checkpoint such as 2D-FAN4, not to another network); one that names no network joins only
     when nothing else can be built.
@@ -250,7 +254,9 @@ def plan_default_ensemble(pm: Any = None) -> list[Member]:
     members: list[Member] = []
     demos: list[Member] = []
     for name, comp in pm.components("extractors").items():
-        if comp.metadata.get("default", True) is False:
+        default = comp.metadata.get("default", True)
+        if default is not True and (default is False or strength not in
+                                    ((default,) if isinstance(default, str) else tuple(default))):
             continue
         if comp.metadata.get("demo"):
             spec = comp.metadata.get("spec")
@@ -270,12 +276,12 @@ def plan_default_ensemble(pm: Any = None) -> list[Member]:
         if present:
             members.extend(present)
         else:
-            members.append(Member(name, name, missing=bool(declared)))
+            members.append(Member(name, str(comp.metadata.get("default_spec") or name), missing=bool(declared)))
     return members + demos
 
 
-def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
-    """Build the default ensemble (see :func:`plan_default_ensemble`).
+def default_extractor_specs(pm: Any = None, strength: str = "medium") -> tuple[dict[str, Any], list[str]]:
+    """Build the default ensemble at ``strength`` (see :func:`plan_default_ensemble`).
 
     A member that cannot be built is left out with a one-line note naming why (a corrupt file,
     ...), unless the user named its file with ``--weights NAME=PATH``: that is an error (exit 3).
@@ -291,7 +297,7 @@ def default_extractor_specs(pm: Any = None) -> tuple[dict[str, Any], list[str]]:
 
     pm = pm or get_plugin_manager()
     _check_named_weights(pm, explicit_weights())
-    plan = plan_default_ensemble(pm)
+    plan = plan_default_ensemble(pm, strength)
     usable: dict[str, Any] = {}
     built_from: set[str] = set()
     notes: list[str] = []
@@ -391,7 +397,7 @@ class _Run:
             _check_named_weights(self.pm, explicit_weights())
             self.attacked = {s: self.pm.build("extractors", s) for s in options.extractors}
         else:
-            self.attacked, notes = default_extractor_specs(self.pm)
+            self.attacked, notes = default_extractor_specs(self.pm, options.strength)
             self.notes += notes
             if not self.attacked:
                 raise LBError("no usable landmark extractor: install a plugin (lb-fan, lb-hrnet, lb-avssan) "
@@ -402,7 +408,9 @@ class _Run:
         self.device = resolve_device(options.device)
         # the fast path on GPUs (bf16 autocast, NHWC); fp32 on the CPU unless asked (--amp bf16)
         self.performance = performance_for(self.device, options.amp, options.compile)
-        self.held = held_out_extractors(self.pm, options, self.notes)
+        # a default member's label is its extractor's name, or "name (weights file)"
+        self.held = held_out_extractors(self.pm, options, self.notes,
+                                        attacked={label.split(" (")[0] for label in self.attacked})
         for e in [*self.attacked.values(), *self.held.values()]:
             e.to(self.device).eval()
         check_output_options(options)

@@ -39,6 +39,9 @@ def extractor_label(spec: str) -> str:
 _MODEL_WORDS = {
     "2dfan4": "2D-FAN4, the landmark model DeepFaceLab, faceswap and FaceFusion use",
     "fan-demo": "the small demonstration model that ships with this tool",
+    "mediapipe-face-landmark": "Google's MediaPipe Face Mesh",
+    "mediapipe-face-landmark-with-attention": "MediaPipe's Attention Mesh",
+    "dlib68": "dlib's 68-point predictor, which faceswap, face_recognition and many scripts use",
 }
 
 

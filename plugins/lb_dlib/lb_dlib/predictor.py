@@ -93,18 +93,25 @@ class DlibShapePredictor(Extractor):
         hm_sigma: width of the rendered Gaussians in heat-map pixels.
         grad: ``surrogate`` (soft trees along dlib's path, no queries) or ``nes`` (queries).
         temperature: width (grey levels) of the soft trees' sigmoids.
+        blur: Gaussian sigma (pixels) the surrogate's gradient is smoothed with (0: off). dlib reads
+            single pixels, so its raw gradient is a sparse set of dots that JPEG re-compression
+            removes; smoothed, the change spreads over each dot's neighbours. The smoothed gradient is
+            rescaled to the raw one's norm, so that dlib pulls as hard as before in an ensemble.
     """
 
     scheme = IBUG68
 
     def __init__(self, model: str | Path | None = None, samples: int = 96, sigma: float = 6.0, seed: int = 0,
                  region: float = 1.5, tile: int = 2, heatmaps: bool = True, heatmap_size: int = 64,
-                 hm_sigma: float = 3.0, grad: str = "surrogate", temperature: float = 8.0) -> None:
+                 hm_sigma: float = 3.0, grad: str = "surrogate", temperature: float = 8.0,
+                 blur: float = 0.0) -> None:
         super().__init__()
         if grad not in ("nes", "surrogate"):
             raise SpecError(f"dlib68: unknown grad {grad!r} (valid: nes, surrogate)")
         if temperature <= 0:
             raise SpecError("dlib68: temperature > 0 is required")
+        if not 0 <= blur <= 50:
+            raise SpecError("dlib68: blur must be in 0..50 (pixels)")
         if samples < 0 or sigma <= 0 or region <= 0 or tile < 1 or heatmap_size < 2 or hm_sigma <= 0:
             raise SpecError("dlib68: samples >= 0, sigma > 0, region > 0, tile >= 1, heatmap_size >= 2 "
                             "and hm_sigma > 0 are required")
@@ -122,6 +129,7 @@ class DlibShapePredictor(Extractor):
         self.queries = {"forward": 0, "backward": 0}
         self.grad = grad
         self.temperature = float(temperature)
+        self.blur = float(blur)
         self._cascade: Any = None
 
     @property
@@ -193,6 +201,9 @@ class DlibShapePredictor(Extractor):
             with torch.enable_grad():
                 _, soft = self.cascade.run(win, rect, temperature=self.temperature)  # type: ignore[arg-type]
                 (g,) = torch.autograd.grad((soft * grad[i].detach().cpu().float()).sum(), win)
+            if self.blur > 0:  # smoothed, at the raw gradient's norm: the same pull in an ensemble's sum
+                smooth = _gaussian_blur(g, self.blur)
+                g = smooth * (g.norm() / smooth.norm().clamp_min(1e-30))
             out[b, :, wy1:wy2, wx1:wx2] += g
         return out.to(images.device)
 
@@ -266,6 +277,18 @@ class DlibShapePredictor(Extractor):
     def extra_repr(self) -> str:
         return (f"model={self.model_path.name}, samples={self.samples}, sigma={self.sigma}, "
                 f"region={self.region}, tile={self.tile}, heatmaps={self.render}")
+
+
+def _gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(C, H, W)`` smoothed by a separable Gaussian of ``sigma`` pixels (zero padding)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = g.unsqueeze(1)  # channels as a batch: the same kernel for each
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, radius))
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(radius, 0))
+    return x.squeeze(1)
 
 
 class _PredictorFunction(torch.autograd.Function):
