@@ -236,7 +236,7 @@ def plan_default_ensemble(pm: Any = None, strength: str = "medium") -> list[Memb
     Every known published file that is found (``--weights NAME=PATH``, ``$LB_WEIGHTS_DIR``, the
     cache folder) joins once, with the architecture it fits (``2dfan4`` ->
     ``fan:modules=4,landmarks=68``). An extractor that declares no weights file joins with its
-    ``default_spec`` metadata (``dlib68:blur=3``), or its name; one whose declared files are all
+    ``default_spec`` metadata (``dlib68:blur=1.5``), or its name; one whose declared files are all
     absent is marked ``missing``. Extractors
     registered with ``default=False`` never join; one registered with a tuple of strengths
     (``default=("high",)``) joins only at those. A demonstration model (``demo=True``) joins

@@ -87,7 +87,7 @@ def test_registered_and_in_the_default_ensemble_at_high_only(dlib_ext) -> None:
     assert "dlib68" not in default_extractor_specs(pm)[0]
     assert "dlib68" not in default_extractor_specs(pm, "paper")[0]
     member = default_extractor_specs(pm, "high")[0]["dlib68"]
-    assert isinstance(member, type(dlib_ext)) and member.blur == 3.0  # default_spec: dlib68:blur=3
+    assert isinstance(member, type(dlib_ext)) and member.blur == 1.5  # default_spec: dlib68:blur=1.5
 
 
 def test_conforms_to_the_extractor_contract(dlib_ext) -> None:
