@@ -125,7 +125,7 @@ class AttackConfig:
             landmarks, read from the step's own forward pass) stops pulling on that face, so the
             face's budget goes to the members not yet broken; 0 (default) is off. Read on steps
             without input diversity, rotation or box jitter (the outputs are then in the face's
-            own frame); other steps keep the last reading.
+            own frame); other steps keep the last reading. Off when a single extractor is attacked.
     """
 
     loss: str = "heatmap-cosine"

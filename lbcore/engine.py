@@ -517,7 +517,9 @@ def _iterate(x: torch.Tensor, faces: Faces, exts: list[Extractor], config: Attac
     view: dict[str, Any] = {"clean": clean, "scale": scale, "feat": clean_feat, "faces": faces}
     passes = torch.zeros(len(faces), dtype=torch.long)
     outs: list[Any] = []
-    hinge = float(config.hinge)
+    # the hinge hands a broken member's share to the others: with one member there is none to hand
+    # it to, and stopping would only leave less margin against re-compression (measured)
+    hinge = float(config.hinge) if len(exts) > 1 else 0.0
     pulls: dict[int, torch.Tensor] = {}  # hinge: per member, 1 for the faces it still pulls on
     clean_lm: dict[int, tuple[Any, torch.Tensor]] = {}  # hinge: per member, its clean reference decoded
 

@@ -346,6 +346,11 @@ def test_hinge_drops_a_broken_members_pull_and_is_off_by_default(tiny_extractor,
     monkeypatch.setattr(engine, "_nme_to", lambda e, ref, out: torch.ones(len(faces)))
     none = attack(images, faces, both, preset("lb", seed=1, steps=3, optimizer="ifgsm:alpha=1", hinge=0.1))
     assert float((none.adversarial - images).abs().max()) <= 0.5  # (rounded to 8 bits)
+    # one member: nobody to hand its share to, so the hinge is off (the attack goes on)
+    single = attack(images, faces, tiny_extractor, preset("lb", seed=1, steps=3, optimizer="ifgsm:alpha=1", hinge=0.1))
+    unhinged = attack(images, faces, tiny_extractor, preset("lb", seed=1, steps=3, optimizer="ifgsm:alpha=1"))
+    assert torch.equal(single.adversarial, unhinged.adversarial)
+    assert float((single.adversarial - images).abs().max()) > 0.5
     for bad in (-0.1, float("nan")):
         with pytest.raises(SpecError, match="hinge"):
             preset("lb", hinge=bad)
