@@ -554,8 +554,8 @@ def speedup_table_markdown(results: Sequence[dict[str, Any]]) -> str:
 def _default_bench_specs(pm: Any) -> list[str]:
     """Every installed extractor that builds at its published size with random weights
     (``weights=none``): the networks the engine is measured on. Extractors that only exist as a
-    file (ONNX, TFLite) or answer by queries are left out, as are demos and extractors not in every default (``default=False`` or a
-    tuple of strengths)."""
+    file (ONNX, TFLite) or answer by queries are left out, as are demos and extractors not in
+    every default ensemble (``default=False`` or a tuple of strengths)."""
     specs = []
     for n, c in pm.components("extractors").items():
         if c.metadata.get("demo") or c.metadata.get("default", True) is not True:

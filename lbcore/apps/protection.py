@@ -237,9 +237,8 @@ def plan_default_ensemble(pm: Any = None, strength: str = "medium") -> list[Memb
     cache folder) joins once, with the architecture it fits (``2dfan4`` ->
     ``fan:modules=4,landmarks=68``). An extractor that declares no weights file joins with its
     ``default_spec`` metadata (``dlib68:blur=1.5``), or its name; one whose declared files are all
-    absent is marked ``missing``. Extractors
-    registered with ``default=False`` never join; one registered with a tuple of strengths
-    (``default=("high",)``) joins only at those. A demonstration model (``demo=True``) joins
+    absent is marked ``missing``. Extractors registered with ``default=False`` never join; one
+    registered with a tuple of strengths (``default=("high",)``) joins only at those. A demonstration model (``demo=True``) joins
     unless published weights of its own network are present (``fan-demo`` gives way to a FAN
     checkpoint such as 2D-FAN4, not to another network); one that names no network joins only
     when nothing else can be built.
