@@ -237,6 +237,39 @@ def test_each_output_format(format_runs, icc_jpeg, fmt, suffix):
     assert math.isfinite(nme)
 
 
+def test_lossy_webp_is_protected_within_the_budget_of_the_same_save(shared, tmp_path):
+    """Lossy WebP costs more similarity by itself than the floor allows (lenna at quality 95: in-box
+    SSIM 0.936): the floor is held against the unprotected photo saved the same way, so the file is
+    protected (it was written unprotected before) and the protection adds no more than the budget
+    to that save."""
+    from PIL import Image
+
+    from lbcore.io import read_image
+
+    src = shared / "data" / "faces68" / "lenna.png"
+    res = _lb("protect", src, "-o", tmp_path, "--format", "webp", "--quality", "95", "--extractor", "fan-demo",
+              "--steps", "12", "--no-compression-check", "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    rec = report["files"][0]
+    face = rec["faces"][0]
+    box = np.asarray(face["box"])
+    clean = read_image(src).rgb
+    buf = io.BytesIO()
+    Image.fromarray(clean).save(buf, "WEBP", quality=95, method=4)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        clean_webp = np.asarray(im.convert("RGB"))
+    ssim_min, psnr_min = report["settings"]["ssim_min"], report["settings"]["psnr_min"]
+    # the premise: the codec alone misses the floor
+    assert region_mask_ssim(clean, clean_webp, box, variant="mask-mean") < ssim_min or psnr(clean, clean_webp, mask=box) < psnr_min
+    adv = read_image(Path(rec["output"])).rgb
+    assert region_mask_ssim(clean_webp, adv, box, variant="mask-mean") >= ssim_min - 1e-3
+    assert psnr(clean_webp, adv, mask=box) >= psnr_min - 0.05
+    nme = next(iter(face["extractors"].values()))["nme"]
+    assert nme > 0.03, nme  # protected after the save
+    assert any("lossy WebP (quality 95)" in n for n in report["notes"])
+
+
 def test_jpeg_quality_follows_the_input(format_runs):
     auto = format_runs["auto"]["files"][0]
     assert auto["format"] == "jpg" and auto["quality"] == 90  # the input's own quality
