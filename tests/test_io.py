@@ -241,6 +241,27 @@ def test_greyscale_stays_greyscale(tmp_path, dtype):
     np.testing.assert_array_equal(back, want)
 
 
+@pytest.mark.parametrize("ext", [".png", ".ppm"])
+def test_a_grey_photo_stored_as_rgb_stays_grey(tmp_path, ext):
+    """Three equal colour channels (a grey photo saved as RGB, like faces68/takeo.ppm): the result
+    keeps three channels, but a colour perturbation is averaged into grey instead of tinting it."""
+    rgb_grey = np.repeat(_noise(10, 11, 1)[:, :, None], 3, axis=2)
+    img = lio.read_image(_write(tmp_path / f"g{ext}", _encode(rgb_grey, ext)))
+    assert img.grey_content and not img.grey
+    res = img.rgb.astype(int)
+    res[..., 1] += 3  # green only
+    res = np.clip(res, 0, 255).astype(np.uint8)
+    back = cv2.imread(str(lio.write_image_atomic(tmp_path / f"o{ext}", res, img)), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (10, 11, 3)
+    assert (back[:, :, 0] == back[:, :, 1]).all() and (back[:, :, 1] == back[:, :, 2]).all()
+    np.testing.assert_array_equal(back[:, :, 0], np.rint(res.astype(float).mean(axis=2)).astype(np.uint8))
+    # a colour photo is not touched by this
+    colour = lio.read_image(_write(tmp_path / f"c{ext}", _encode(_noise(10, 11, 3), ext)))
+    assert not colour.grey_content
+    back = cv2.imread(str(lio.write_image_atomic(tmp_path / f"oc{ext}", res, colour)), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back, res[:, :, ::-1])
+
+
 @pytest.mark.parametrize("depth", [8, 16])
 def test_grey_alpha_png_stays_grey(tmp_path, depth):
     dtype = np.uint8 if depth == 8 else np.uint16

@@ -183,6 +183,8 @@ class LoadedImage:
         format: Format sniffed from the content (``"png"``, ``"jpeg"``, ...).
         bit_depth: 8 or 16 (bits per sample of the file).
         grey: The file had a single colour channel (with or without alpha).
+        grey_content: Three colour channels equal at every pixel (a grey photo stored as RGB):
+            the result is written with its channels averaged, so that it stays grey.
         alpha: (H, W) alpha channel in the file's depth (uint8 or uint16), or None.
         rgb16: (H, W, 3) uint16 original samples for 16-bit input, else None.
         orientation: The EXIF orientation that was applied (1 = none).
@@ -197,6 +199,7 @@ class LoadedImage:
     format: str
     bit_depth: int = 8
     grey: bool = False
+    grey_content: bool = False
     alpha: np.ndarray | None = None
     rgb16: np.ndarray | None = None
     orientation: int = 1
@@ -305,6 +308,7 @@ def read_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> L
 
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     alpha = None
+    grey_content = False
     if channels == 1:
         grey = True
         samples = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
@@ -316,6 +320,7 @@ def read_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> L
     elif channels in (3, 4):
         grey = False
         samples = arr[:, :, 2::-1]  # BGR(A) -> RGB
+        grey_content = bool(np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]))
         if channels == 4:
             alpha = np.ascontiguousarray(arr[:, :, 3])
     else:
@@ -333,6 +338,7 @@ def read_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> L
         format=header.format,
         bit_depth=depth,
         grey=grey,
+        grey_content=grey_content,
         alpha=alpha,
         rgb16=rgb16,
         orientation=header.orientation,
@@ -402,9 +408,9 @@ def compose_output(image: np.ndarray, like: LoadedImage | None, suffix: str = ".
             alpha = (alpha.astype(np.uint32) * 257).astype(np.uint16)
         else:
             alpha = np.rint(alpha / 257.0).astype(np.uint8)
-    if like.grey:
+    if like.grey or like.grey_content:
         grey = np.rint(out.astype(np.float64).mean(axis=2)).astype(out.dtype)
-        if alpha is None:
+        if alpha is None and like.grey:
             return grey
         out = np.repeat(grey[:, :, None], 3, axis=2)
     bgr = out[:, :, ::-1]
