@@ -590,6 +590,7 @@ class _Run:
         largest that meets the floor after the re-encode (bisection), so one face does not hold
         back the others and none gives up more than it must. Returns the decoded pixels
         (H, W, 3 uint8 RGB) and the bytes."""
+        from lbcore.io import display_path
         from lbcore.io.images import encode_image
         from lbcore.perceptual import QualityGuard
 
@@ -607,8 +608,6 @@ class _Run:
             clean_file = _decode_rgb(encode_image(clean_rgb, loaded, plan["suffix"], **kw), loaded)
             reference = torch.from_numpy(clean_file).permute(2, 0, 1)[None].double()
             if cfg.ssim_min > 0 or cfg.psnr_min > 0:
-                from lbcore.io import display_path
-
                 self.notes.append(f"{display_path(loaded.path)}: lossy WebP (quality {plan['quality']}): the similarity "
                                   "budget is held against the photo saved unprotected at that quality; the report's "
                                   "SSIM and PSNR compare with the original and include the codec's own loss")
@@ -638,8 +637,6 @@ class _Run:
         _, ok = guard.settle(encode, lo, shrink=0.7, tries=8)
         if bool(ok.all()):
             return last[0], last[1]
-        from lbcore.io import display_path
-
         self.notes.append(f"{display_path(loaded.path)}: {plan['suffix'].lstrip('.')} quality {plan['quality']}: the re-encode alone costs more "
                           f"similarity than the budget (SSIM {cfg.ssim_min}, PSNR {cfg.psnr_min} dB) allows; "
                           "use a higher --quality or --format png")
