@@ -27,6 +27,7 @@ __all__ = [
     "HeatmapExtractor",
     "affine_crop",
     "apply_affine",
+    "render_gaussians",
     "compose_affine",
     "scale_affine",
     "soft_argmax",
@@ -150,6 +151,16 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     x = (prob.sum(dim=2) * xs).sum(dim=-1)
     y = (prob.sum(dim=3) * ys).sum(dim=-1)
     return torch.stack([x, y], dim=-1)
+
+
+def render_gaussians(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``(F, K, size, size)`` isotropic Gaussians centred at ``(F, K, 2)`` heat-map pixel
+    coordinates, differentiable in the points: the heat-maps Eq. 1 compares for a network that
+    regresses coordinates."""
+    grid = torch.arange(size, device=points.device, dtype=points.dtype)
+    dx = (grid[None, None, None, :] - points[..., 0, None, None]) ** 2
+    dy = (grid[None, None, :, None] - points[..., 1, None, None]) ** 2
+    return torch.exp(-(dx + dy) / (2.0 * sigma * sigma))
 
 
 class ConvOutput(torch.nn.Identity):

@@ -33,3 +33,8 @@ $PIP install -q -e plugins/lb_dlib
 # into the weights folder (skipped when already there; never installs mediapipe itself)
 $PIP install -q -e "plugins/lb_mediapipe[test]"
 .venv/bin/python -m lb_mediapipe.fetch || echo "warning: MediaPipe model files not fetched; the mediapipe extractor and blazeface detector need them" >&2
+# lb-faceapi: face-api.js's 68-point landmark networks (full and tiny); their TensorFlow.js weight
+# files are taken out of the @vladmandic/face-api npm package (a plain HTTPS download from the
+# npm registry, sha512- and sha256-checked; npm itself is not needed)
+$PIP install -q -e plugins/lb_faceapi
+.venv/bin/python -m lb_faceapi.fetch || echo "warning: face-api.js model files not fetched; the faceapi68 extractors need them" >&2

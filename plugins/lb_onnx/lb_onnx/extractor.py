@@ -28,12 +28,13 @@ from lbcore.extractor import (
     apply_affine,
     argmax_2d,
     compose_affine,
+    render_gaussians,
     soft_argmax,
 )
 from lbcore.schemes import IBUG68, WFLW98
 from lbcore.types import LandmarkScheme
 
-__all__ = ["OnnxExtractor", "box_crop_theta", "render_gaussians", "scheme_of"]
+__all__ = ["OnnxExtractor", "box_crop_theta", "scheme_of"]
 
 
 def scheme_of(desc: Description) -> LandmarkScheme:
@@ -57,14 +58,6 @@ def box_crop_theta(boxes: torch.Tensor, size: int, side: str = "max", enlarge: f
     centre = size / 2 if align == "cv2" else (size - 1) / 2
     z = torch.zeros_like(s)
     return torch.stack([torch.stack([s, z, cx - centre * s], 1), torch.stack([z, s, cy - centre * s], 1)], 1)
-
-
-def render_gaussians(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """``(F, K, size, size)`` Gaussians at ``points`` (heat-map pixels), differentiable in them."""
-    grid = torch.arange(size, device=points.device, dtype=points.dtype)
-    dx = (grid[None, None, None, :] - points[..., 0, None, None]) ** 2
-    dy = (grid[None, None, :, None] - points[..., 1, None, None]) ** 2
-    return torch.exp(-(dx + dy) / (2.0 * sigma * sigma))
 
 
 def _quarter_shift(heatmaps: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:

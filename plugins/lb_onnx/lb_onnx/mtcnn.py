@@ -30,9 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lb_onnx.extractor import render_gaussians
 from lbcore import ExtractorOutput, Faces
-from lbcore.extractor import Extractor, affine_crop
+from lbcore.extractor import Extractor, affine_crop, render_gaussians
 from lbcore.types import LandmarkScheme
 from lbcore.weights import extract_state_dict, load_checkpoint, load_state_dict_strict
 
