@@ -77,8 +77,8 @@ def test_registered_with_the_published_weights(fresh_pm):
     (w,) = comp.metadata["weights"]
     assert w.filename == "face_landmark_68_model-weights_manifest.json"
     assert w.licence == "MIT"
-    # measured in lb protect's report (held out), not attacked by default
-    assert comp.metadata["default"] is False and comp.metadata["measure"] is True
+    # attacked by lb protect's default ensemble; the tiny variant only when named
+    assert comp.metadata["default"] is True and not comp.metadata.get("measure")
     assert fresh_pm.get("extractors", "faceapi68-tiny").metadata["default"] is False
 
 
