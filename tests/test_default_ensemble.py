@@ -173,6 +173,8 @@ def test_the_page_names_the_models_in_plain_words():
     assert protected_against(["mediapipe (mediapipe-face-landmark)", "dlib68"]) == (
         "Protected against Google's MediaPipe Face Mesh and dlib's 68-point predictor, which faceswap, "
         "face_recognition and many scripts use.")
+    assert protected_against(["faceapi68 (faceapi-landmark-68)"]) == (
+        "Protected against face-api.js's landmark model, which many web pages and browser apps use.")
 
 
 # ------------------------------------------------------------------ held-out columns (--held-out)

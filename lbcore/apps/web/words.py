@@ -42,6 +42,7 @@ _MODEL_WORDS = {
     "mediapipe-face-landmark": "Google's MediaPipe Face Mesh",
     "mediapipe-face-landmark-with-attention": "MediaPipe's Attention Mesh",
     "dlib68": "dlib's 68-point predictor, which faceswap, face_recognition and many scripts use",
+    "faceapi-landmark-68": "face-api.js's landmark model, which many web pages and browser apps use",
 }
 
 
