@@ -2,13 +2,16 @@
 
 Pipeline per face (each step differentiable with respect to the full image):
 
-1. Crop rule: a square centred on the face box, side ``scale`` times the box's longer side.
-   face-api.js crops its own detector's box (SSD MobileNet or the tiny detector; looser than the
-   brow-to-chin boxes of the project's detectors), pads it to a square with zeros, centred, and
-   resizes it to 112 x 112; here the square is cut from the image itself (no zero bands) at the
-   scale measured to fit best (README: NME on the annotated faces per scale).
+1. Crop rule (``crop="faceapi"``, the default): face-api.js crops its own detector's box (SSD
+   MobileNet v1), pads it to a square with zeros, centred, and resizes the square to 112 x 112.
+   Its box is not the project's: measured on the sample photos, it is 0.89 times as wide, 1.33
+   times as tall and 0.10 of the height higher (:data:`SSD_W`, :data:`SSD_H`, :data:`SSD_DY`).
+   So the square here is that box's (times ``scale``, default 1), and the columns outside the
+   box's width are zero, as face-api.js's padding. ``crop="square"``: a square of ``scale`` times
+   the box's longer side, centred on the box, image content everywhere (the first version).
 2. :func:`lbcore.extractor.affine_crop` resamples the square to 112 x 112 (bilinear, no
-   anti-aliasing, like TensorFlow.js's ``resizeBilinear``).
+   anti-aliasing, and with ``crop="faceapi"`` on TensorFlow.js's ``resizeBilinear`` grid: crop pixel
+   ``u`` reads the square's pixel ``u * side / 112``, not the pixel-centre-aligned position).
 3. The network (:class:`~lb_faceapi.net.FaceLandmarkNet`) regresses 68 ``(x, y)`` fractions of
    the square (iBUG-68 order), mapped back to the image: ``landmarks`` ``(F, 68, 2)``.
 
@@ -37,6 +40,10 @@ from lbcore.types import ExtractorOutput, Faces
 __all__ = ["FaceApiExtractor", "HEATMAP_SIZE"]
 
 HEATMAP_SIZE = 28
+SSD_W, SSD_H, SSD_DY = 0.89, 1.33, -0.10
+"""face-api.js's SSD MobileNet box against the project's default detector's box (medians over the
+44 faces both found in the 13 sample photos: width 0.893, height 1.331, centre 0.102 of the height
+higher; ``benchmarks/faceapi_pipeline.py``'s detections)."""
 
 
 class FaceApiExtractor(Extractor):
@@ -51,30 +58,57 @@ class FaceApiExtractor(Extractor):
     scheme = IBUG68
     input_size = (INPUT_SIZE, INPUT_SIZE)
 
-    def __init__(self, net: FaceLandmarkNet, scale: float, sigma: float = 7.0) -> None:
+    def __init__(self, net: FaceLandmarkNet, scale: float, sigma: float = 7.0, crop: str = "faceapi") -> None:
         super().__init__()
         self.net = net
         self.scale = float(scale)
         self.sigma = float(sigma)
+        self.crop = crop
 
-    def crop_theta(self, boxes: torch.Tensor) -> torch.Tensor:
-        """``(F, 4)`` boxes -> ``(F, 2, 3)`` maps from crop pixel centres to image pixels."""
+    def _square(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centre, side of the network's square and the width of its image band, per face."""
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
         cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
         cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
-        side = self.scale * torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp_min(1.0)
+        if self.crop == "faceapi":
+            # face-api.js's own detector box, as measured against the project's (module docstring):
+            # SSD_W x SSD_H of the box, moved up by SSD_DY of its height; padded to a square
+            bw, bh = SSD_W * w, SSD_H * h
+            cy = cy + SSD_DY * h
+            side = self.scale * torch.maximum(bw, bh).clamp_min(1.0)
+            return cx, cy, side, torch.minimum(bw / torch.maximum(bw, bh).clamp_min(1.0), torch.ones_like(bw))
+        side = self.scale * torch.maximum(w, h).clamp_min(1.0)
+        return cx, cy, side, torch.ones_like(side)
+
+    def crop_theta(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``(F, 4)`` boxes -> ``(F, 2, 3)`` maps from crop pixel centres to image pixels.
+
+        ``crop="faceapi"`` samples as TensorFlow.js's ``resizeBilinear`` (no half-pixel centres:
+        crop pixel ``u`` reads image position ``x0 + u * step``)."""
+        cx, cy, side, _band = self._square(boxes)
         step = side / INPUT_SIZE
         zero = torch.zeros_like(step)
+        # the square's edge; its first pixel's centre half a pixel inside
+        offset = 0.5 if self.crop == "faceapi" else 0.5 * step
         return torch.stack([
-            torch.stack([step, zero, cx - 0.5 * side + 0.5 * step], dim=1),
-            torch.stack([zero, step, cy - 0.5 * side + 0.5 * step], dim=1),
+            torch.stack([step, zero, cx - 0.5 * side + offset], dim=1),
+            torch.stack([zero, step, cy - 0.5 * side + offset], dim=1),
         ], dim=1)
 
     def forward(self, images: torch.Tensor, faces: Faces) -> ExtractorOutput:
-        theta = self.crop_theta(faces.boxes.to(images.device, torch.float32))
+        boxes = faces.boxes.to(images.device, torch.float32)
+        theta = self.crop_theta(boxes)
         crops = affine_crop(images, faces.image_index, theta, self.input_size)
+        band = self._square(boxes)[3]
+        if bool((band < 1).any()):  # zeros beside the detector box, as face-api.js's padToSquare
+            u = (torch.arange(INPUT_SIZE, device=crops.device, dtype=crops.dtype) + 0.5) / INPUT_SIZE - 0.5
+            inside = (u.abs()[None, :] <= 0.5 * band[:, None]).to(crops.dtype)
+            crops = crops * inside[:, None, None, :]
         frac = self.net(crops).float()
-        # fractions of the square (edges at 0 and 1) -> crop pixel centres
-        crop_pts = frac * INPUT_SIZE - 0.5
+        # fractions of the square -> crop pixels: face-api.js reads them from the first pixel's
+        # centre (as its resize samples); the square rule from the square's edge
+        crop_pts = frac * INPUT_SIZE - (0.0 if self.crop == "faceapi" else 0.5)
         stride = INPUT_SIZE / HEATMAP_SIZE
         cells = (crop_pts + 0.5) / stride - 0.5
         hm_theta = compose_affine(theta, scale_affine(stride, stride, theta.shape[0], theta.device))

@@ -54,9 +54,10 @@ BINARY_SHA256 = {
 }
 """The binary file each known manifest names and its sha256 (the npm package's copies)."""
 
-# Crop side over the face box's longer side: the best median NME on the shared annotated faces
-# with the default detector's boxes was at 1.2-1.3 for both networks (README of lb-faceapi).
-SCALE = 1.25
+# crop="square": the square's side over the face box's longer side; the best median NME on the
+# shared annotated faces with the default detector's boxes was at 1.2-1.3 (README of lb-faceapi).
+# crop="faceapi" (default): face-api.js's own box emulated (lb_faceapi.extractor), scale 1.
+SQUARE_SCALE = 1.25
 
 DEFAULT = True
 """``faceapi68`` is a member of ``lb protect``'s default ensemble when its files are present."""
@@ -91,7 +92,11 @@ def _resolve(weights: str | None, entry: WeightsFile) -> Path:
     return path
 
 
-def _build(entry: WeightsFile, tiny: bool, weights: str, scale: float, sigma: float) -> Any:
+def _build(entry: WeightsFile, tiny: bool, weights: str, scale: float | None, sigma: float, crop: str) -> Any:
+    if crop not in ("faceapi", "square"):
+        raise SpecError(f"{entry.fits}: crop={crop!r} (valid: faceapi, square)")
+    if scale is None:
+        scale = 1.0 if crop == "faceapi" else SQUARE_SCALE
     if not 0.5 <= scale <= 4.0:
         raise SpecError(f"{entry.fits}: scale={scale} outside 0.5..4")
     if sigma <= 0:
@@ -101,24 +106,29 @@ def _build(entry: WeightsFile, tiny: bool, weights: str, scale: float, sigma: fl
     from lb_faceapi.extractor import FaceApiExtractor
     from lb_faceapi.net import load_face_landmark_net
 
-    return FaceApiExtractor(load_face_landmark_net(path, tiny=tiny), scale=scale, sigma=sigma).eval()
+    return FaceApiExtractor(load_face_landmark_net(path, tiny=tiny), scale=scale, sigma=sigma, crop=crop).eval()
 
 
-def faceapi68(weights: str = "auto", scale: float = SCALE, sigma: float = 7.0) -> Any:
+def faceapi68(weights: str = "auto", crop: str = "faceapi", scale: float | None = None, sigma: float = 7.0) -> Any:
     """face-api.js's 68-point landmark network (a mobile coordinate regressor, MIT), differentiable.
 
     Args:
         weights: ``auto`` (the manifest from the weights folders), the known name
             ``faceapi-landmark-68``, or the path of a weights manifest (its binary beside it).
-        scale: the crop square's side over the face box's longer side.
+        crop: ``faceapi``: the square face-api.js feeds its network, from its own detector's box
+            as measured against the project's (zero bands beside it, TensorFlow.js's resize grid);
+            ``square``: a square centred on the project's box, image content everywhere.
+        scale: the square's side over its box's longer side (default 1 for ``faceapi``, 1.25
+            for ``square``).
         sigma: width in crop pixels (of 112) of the Gaussians rendered at the landmarks.
     """
-    return _build(FULL_WEIGHTS, False, weights, scale, sigma)
+    return _build(FULL_WEIGHTS, False, weights, scale, sigma, crop)
 
 
-def faceapi68_tiny(weights: str = "auto", scale: float = SCALE, sigma: float = 7.0) -> Any:
+def faceapi68_tiny(weights: str = "auto", crop: str = "faceapi", scale: float | None = None,
+                   sigma: float = 7.0) -> Any:
     """face-api.js's tiny 68-point landmark network (80 KB; MIT), differentiable. Arguments as ``faceapi68``."""
-    return _build(TINY_WEIGHTS, True, weights, scale, sigma)
+    return _build(TINY_WEIGHTS, True, weights, scale, sigma, crop)
 
 
 @hookimpl

@@ -36,13 +36,48 @@ def test_landmarks_on_the_annotated_faces(tiny, ext, tiny_path, faces68):
     """Clean accuracy against the human iBUG-68 markup, the face box taken from the markup.
     Measured (full / tiny): breakingbad 0.094 / 0.115, einstein 0.063 / 0.092, lenna 0.047 / 0.056,
     takeo 0.055 / 0.052 (the markup's tight box, not a detector's)."""
-    e = plugin.faceapi68_tiny(weights=str(tiny_path)) if tiny else ext
+    # the square crop (a square around the given box): face-api.js's own box is not the markup's
+    e = (plugin.faceapi68_tiny if tiny else plugin.faceapi68)(weights=str(tiny_path if tiny else ext_path(ext)),
+                                                             crop="square")
     errors = {}
     for name, img, gt in faces68:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
         errors[name] = float(nme(e.predict(x, Faces.from_lists([[box_from_landmarks(gt)]]))[0].numpy(), gt))
     assert max(errors.values()) < (0.14 if tiny else 0.12), errors
     assert float(np.median(list(errors.values()))) < (0.09 if tiny else 0.08), errors
+
+
+def ext_path(ext):
+    from lb_faceapi.plugin import FULL_WEIGHTS
+    from lbcore.weights import resolve_weights
+
+    return resolve_weights(FULL_WEIGHTS)
+
+
+def test_the_faceapi_crop_pads_beside_face_api_js_box_and_samples_as_tensorflow_js(ext):
+    """``crop="faceapi"``: the square of face-api.js's own box (0.89 x 1.33 of the given box, 0.10
+    of its height higher), zero columns beside that box (face-api.js pads it to a square), and the
+    TensorFlow.js resize grid (crop pixel u reads the square's pixel u * side / 112)."""
+    from lb_faceapi.extractor import SSD_DY, SSD_H, SSD_W
+
+    seen = []
+    hook = ext.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        x = torch.full((1, 3, 400, 400), 200.0)
+        ext(x, Faces.from_lists([[(100.0, 100.0, 200.0, 200.0)]]))
+    finally:
+        hook.remove()
+    (crops,) = seen
+    side = SSD_H * 100
+    theta = ext.crop_theta(torch.tensor([[100.0, 100.0, 200.0, 200.0]]))[0]
+    assert abs(float(theta[0, 0]) - side / 112) < 1e-4
+    assert abs(float(theta[0, 2]) - (150 - side / 2 + 0.5)) < 1e-4
+    assert abs(float(theta[1, 2]) - (150 + SSD_DY * 100 - side / 2 + 0.5)) < 1e-4
+    band = SSD_W / SSD_H * 112  # columns of the box inside the square
+    cols = crops[0, 0].amax(0)
+    assert float(cols[56]) == 200.0
+    assert int((cols == 0).sum()) in (round(112 - band) - 1, round(112 - band), round(112 - band) + 1)
+    assert float(cols[0]) == 0.0 and float(cols[111]) == 0.0
 
 
 def test_the_gradient_reaches_the_full_image_through_the_crop(ext, faces68):
