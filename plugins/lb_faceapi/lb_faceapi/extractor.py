@@ -51,8 +51,10 @@ class FaceApiExtractor(Extractor):
 
     Args:
         net: the loaded network.
-        scale: crop side over the face box's longer side.
+        scale: the square's side over the longer side of its box (face-api.js's estimated box for
+            ``crop="faceapi"``, the given box for ``crop="square"``).
         sigma: width of the rendered heat-map Gaussians, in crop pixels (of 112).
+        crop: ``faceapi`` or ``square`` (module docstring).
     """
 
     scheme = IBUG68
@@ -77,7 +79,9 @@ class FaceApiExtractor(Extractor):
             bw, bh = SSD_W * w, SSD_H * h
             cy = cy + SSD_DY * h
             side = self.scale * torch.maximum(bw, bh).clamp_min(1.0)
-            return cx, cy, side, torch.minimum(bw / torch.maximum(bw, bh).clamp_min(1.0), torch.ones_like(bw))
+            # (the box is taller than wide unless the face box is 1.5 times wider than tall: then
+            # face-api.js pads rows, not columns, and here nothing is zeroed)
+            return cx, cy, side, torch.minimum(bw / side, torch.ones_like(bw))
         side = self.scale * torch.maximum(w, h).clamp_min(1.0)
         return cx, cy, side, torch.ones_like(side)
 

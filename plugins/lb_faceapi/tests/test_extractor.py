@@ -78,6 +78,17 @@ def test_the_faceapi_crop_pads_beside_face_api_js_box_and_samples_as_tensorflow_
     assert float(cols[56]) == 200.0
     assert int((cols == 0).sum()) in (round(112 - band) - 1, round(112 - band), round(112 - band) + 1)
     assert float(cols[0]) == 0.0 and float(cols[111]) == 0.0
+    # a larger square (scale 1.2) keeps the box's width of image: more zero columns
+    from lb_faceapi.extractor import FaceApiExtractor
+
+    wide = FaceApiExtractor(ext.net, 1.2)
+    hook = wide.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        wide(x, Faces.from_lists([[(100.0, 100.0, 200.0, 200.0)]]))
+    finally:
+        hook.remove()
+    zeros = int((seen[-1][0, 0].amax(0) == 0).sum())
+    assert abs(zeros - (112 - band / 1.2)) <= 1.5
 
 
 def test_the_gradient_reaches_the_full_image_through_the_crop(ext, faces68):
