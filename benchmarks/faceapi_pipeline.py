@@ -54,18 +54,14 @@ def run_faceapi(images: list[np.ndarray], npm: Path) -> list[list[dict]]:
         return json.loads((Path(tmp) / "out.json").read_text())
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    from lbcore.apps.propagation import box_iou
-
-    return box_iou(a, b)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("protected", type=Path)
     ap.add_argument("originals", type=Path)
     ap.add_argument("--npm", type=Path, required=True, help="folder with the npm packages installed")
     args = ap.parse_args(argv)
+    from lbcore.apps.propagation import box_iou as _iou
+
     pairs = []
     for prot in sorted(p for p in args.protected.rglob("*") if p.suffix.lower() in SUFFIXES):
         rel = prot.relative_to(args.protected)

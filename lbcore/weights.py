@@ -72,6 +72,13 @@ def cache_dir() -> Path:
     return Path(base) / "landmark-breaker" / "weights"
 
 
+def weights_dir() -> Path:
+    """Where a fetch writes weight files: ``$LB_WEIGHTS_DIR`` if set, else :func:`cache_dir`
+    (both are searched by :func:`resolve_weights`)."""
+    env = os.environ.get("LB_WEIGHTS_DIR")
+    return Path(env) if env else cache_dir()
+
+
 def _search_paths(entry: WeightsFile) -> list[Path]:
     paths = []
     env = os.environ.get("LB_WEIGHTS_DIR")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from lb_faceapi.plugin import BINARY_SHA256, FULL_WEIGHTS, PACKAGE, TINY_WEIGHTS
 from lbcore.errors import WeightsError
-from lbcore.weights import sha256sum
+from lbcore.weights import sha256sum, weights_dir
 
-__all__ = ["TARBALL_URL", "TARBALL_SHA512", "FILES", "weights_dir", "fetch"]
+__all__ = ["TARBALL_URL", "TARBALL_SHA512", "FILES", "fetch"]
 
 TARBALL_URL = "https://registry.npmjs.org/@vladmandic/face-api/-/face-api-1.7.15.tgz"
 TARBALL_SHA512 = "WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw=="
@@ -41,13 +41,6 @@ FILES: dict[str, str] = {
 }
 """File name (in ``package/model/`` and in the weights folder) -> sha256."""
 
-
-def weights_dir() -> Path:
-    """Where the files go: ``$LB_WEIGHTS_DIR`` if set, else the user cache folder."""
-    from lbcore.weights import cache_dir
-
-    env = os.environ.get("LB_WEIGHTS_DIR")
-    return Path(env) if env else cache_dir()
 
 
 def _download(tmp: Path) -> Path:

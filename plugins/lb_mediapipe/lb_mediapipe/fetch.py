@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lb_mediapipe.plugin import ATTENTION_MESH_WEIGHTS, BLAZEFACE_WEIGHTS, FACE_MESH_WEIGHTS
 from lbcore.errors import WeightsError
-from lbcore.weights import WeightsFile, cache_dir, sha256sum
+from lbcore.weights import WeightsFile, sha256sum, weights_dir
 
 __all__ = ["WHEEL", "MEMBERS", "weights_dir", "fetch"]
 
@@ -34,11 +34,6 @@ MEMBERS: dict[str, WeightsFile] = {
     "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite": ATTENTION_MESH_WEIGHTS,
 }
 
-
-def weights_dir() -> Path:
-    """Where the files go: ``$LB_WEIGHTS_DIR`` if set, else the user cache folder."""
-    env = os.environ.get("LB_WEIGHTS_DIR")
-    return Path(env) if env else cache_dir()
 
 
 def _present(dest: Path, entry: WeightsFile) -> bool:
